@@ -1,0 +1,1 @@
+"""ZEONE: a plugin-based peer-to-peer node on Trio."""
