@@ -1,0 +1,3 @@
+from zeone.cli import main
+
+main()

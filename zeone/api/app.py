@@ -1,0 +1,89 @@
+"""The Starlette application behind the local API, and the service that serves it with hypercorn."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from zeone.api.auth import BearerAuth
+from zeone.config import parse_host_port
+
+if TYPE_CHECKING:
+    from zeone.node import Node
+
+log = logging.getLogger(__name__)
+
+
+def build_app(node: Node, token: str) -> BearerAuth:
+    async def status(_request: Request) -> Response:
+        return JSONResponse(node.status())
+
+    async def peers(_request: Request) -> Response:
+        return JSONResponse({"peers": node.peers()})
+
+    async def plugins(_request: Request) -> Response:
+        return JSONResponse({"plugins": node.plugin_rows()})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(node.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/status", status),
+        Route("/peers", peers),
+        Route("/plugins", plugins),
+        Route("/metrics", metrics),
+    ]
+    for route in node.routes.routes:
+        routes.append(Route(route.path, route.endpoint, methods=list(route.methods)))
+    app = Starlette(routes=routes)
+    app.state.node = node
+    return BearerAuth(app, token)
+
+
+@attrs.define(eq=False)
+class ApiService:
+    """Serves the local API until cancelled; reports the bound URL on start."""
+
+    node: Node
+    token: str
+    bind: str
+    name: str = "api"
+    url: str | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = parse_host_port(self.bind)
+        config = HypercornConfig()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("zeone.api.server")
+        config.graceful_timeout = 2.0
+        shutdown = trio.Event()
+        app = build_app(self.node, self.token)
+        # The server runs shielded so that cancelling this service starts a graceful shutdown
+        # (in-flight requests finish) instead of cutting connections; the deadline bounds it.
+        server_scope = trio.CancelScope(shield=True)
+
+        async def serve_shielded(*, task_status: trio.TaskStatus[Any]) -> None:
+            with server_scope:
+                await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve_shielded)
+            self.url = binds[0]
+            log.info("local API on %s", self.url)
+            task_status.started(self.url)
+            try:
+                await trio.sleep_forever()
+            finally:
+                shutdown.set()
+                server_scope.deadline = trio.current_time() + config.graceful_timeout + 1

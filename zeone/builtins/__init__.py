@@ -1,0 +1,1 @@
+"""Kernel features shipped as default plugins: they use the same hooks as any plugin."""

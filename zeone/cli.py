@@ -1,0 +1,469 @@
+"""The ``zeone`` command.
+
+click, so that plugins add subcommands through ``zeone_register_commands`` the way datasette and
+llm plugins do. Installed plugins are discovered once at start-up; a plugin that fails to import or
+to register its commands is reported by name on stderr and the rest of the CLI works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from zeone import __version__
+from zeone.config import Config, find_config_file, load_config
+from zeone.errors import ApiUnavailable, ZeoneError
+from zeone.logs import setup_logging
+from zeone.plugins import Catalog, plugin_table
+
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("zeone.cli")
+
+FORCED_EXIT_GRACE = 5.0
+
+
+def split_names(values: Sequence[str] | str | None) -> list[str]:
+    """``--enable a,b --enable c`` -> ["a", "b", "c"]."""
+    if not values:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+@attrs.define
+class CliState:
+    """What the root command's options decided, shared with subcommands through ``ctx.obj``."""
+
+    catalog: Catalog
+    config_path: str | None = None
+    enable: list[str] | None = None
+    log_level: str | None = None
+
+    def load_config(self, extra: dict[str, tuple[Any, str]] | None = None) -> Config:
+        overrides: dict[str, Any] = {}
+        labels: dict[str, str] = {}
+        if self.enable is not None:
+            overrides["plugins.enable"] = self.enable
+            labels["plugins.enable"] = "flag --enable"
+        if self.log_level:
+            overrides["node.log_level"] = self.log_level
+            labels["node.log_level"] = "flag --log-level"
+        for key, (value, label) in (extra or {}).items():
+            overrides[key] = value
+            labels[key] = label
+        path = find_config_file(self.config_path, os.environ)
+        return load_config(
+            path,
+            overrides=overrides,
+            override_source=labels,
+            plugin_schemas=self.catalog.schemas,
+        )
+
+
+class ZeoneGroup(click.Group):
+    """Turns expected errors into one clear line on stderr and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ZeoneError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            ctx.exit(exc.exit_code)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_rows(title: str, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.group(
+    cls=ZeoneGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "--version", "-V", prog_name="zeone")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: $ZEONE_CONFIG, ./zeone.toml, ~/.zeone/zeone.toml).",
+)
+@click.option(
+    "--enable",
+    multiple=True,
+    metavar="PLUGINS",
+    help="Comma-separated plugins to run (replaces [plugins] enable).",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity."
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: str | None, enable: tuple[str, ...], log_level: str | None
+) -> None:
+    """ZEONE: a plugin-based peer-to-peer node.
+
+    With no command, runs a node in the foreground (same as `zeone run`).
+    """
+    if not isinstance(ctx.obj, CliState):
+        ctx.obj = CliState(Catalog.discover())
+    state: CliState = ctx.obj
+    state.config_path = config_path
+    state.enable = split_names(enable) if enable else None
+    state.log_level = log_level
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--listen", multiple=True, help="Listen address, e.g. tcp://0.0.0.0:4001 (repeatable)."
+)
+@click.option("--bootstrap", multiple=True, help="Seed peer as <node id>@<address> (repeatable).")
+@click.option("--api-bind", help="Local API host:port.")
+@click.pass_obj
+def run(
+    state: CliState,
+    listen: tuple[str, ...] = (),
+    bootstrap: tuple[str, ...] = (),
+    api_bind: str | None = None,
+) -> None:
+    """Run a node in the foreground until Ctrl-C or SIGTERM."""
+    from zeone.node import Node
+
+    extra: dict[str, tuple[Any, str]] = {}
+    if listen:
+        extra["network.listen"] = (list(listen), "flag --listen")
+    if bootstrap:
+        extra["network.bootstrap"] = (list(bootstrap), "flag --bootstrap")
+    if api_bind:
+        extra["api.bind"] = (api_bind, "flag --api-bind")
+    config = state.load_config(extra)
+    setup_logging(config.node.log_level, config.node.log_format)
+    node = Node(config, catalog=state.catalog, handle_signals=True)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_arm_watchdog, node, config.node.shutdown_timeout)
+            await node.run()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def _arm_watchdog(node: Any, grace: float) -> None:
+    """Bound shutdown at the process level: a service stuck in a shielded section can't hang us."""
+    await node.stopping.wait()
+    timer = threading.Timer(grace + FORCED_EXIT_GRACE, _forced_exit)
+    timer.daemon = True
+    timer.start()
+
+
+def _forced_exit() -> None:
+    log.error("shutdown took too long; exiting")
+    logging.shutdown()
+    os._exit(70)
+
+
+# -- init / config ---------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("~/.zeone"),
+    show_default=True,
+    help="Node directory: config, key and state go here.",
+)
+@click.option(
+    "--role",
+    type=click.Choice(["seed", "full", "light", "mobile"]),
+    default="full",
+    show_default=True,
+)
+@click.option("--listen", multiple=True, help="Listen address (repeatable).")
+@click.option("--api-bind", help="Local API host:port.")
+@click.option(
+    "--force", is_flag=True, help="Rewrite an existing config (the key is never replaced)."
+)
+@click.pass_obj
+def init(
+    state: CliState,
+    directory: Path,
+    role: str,
+    listen: tuple[str, ...],
+    api_bind: str | None,
+    force: bool,
+) -> None:
+    """Create a node directory: a complete zeone.toml and the node's identity."""
+    from zeone.initdir import init_node_dir
+
+    settings: dict[str, Any] = {}
+    if listen:
+        settings["network.listen"] = list(listen)
+    if api_bind:
+        settings["api.bind"] = api_bind
+    if state.enable:
+        settings["plugins.enable"] = state.enable
+    result = init_node_dir(
+        directory.expanduser(), role=role, catalog=state.catalog, settings=settings, force=force
+    )
+    console.print(f"wrote [bold]{result.config_path}[/]")
+    verb = "created" if result.created_key else "kept existing"
+    key_file = result.config_path.parent / "node.key"
+    console.print(f"{verb} identity [bold]{result.identity.node_id}[/] in {key_file}")
+    console.print(f"run it with: zeone --config {result.config_path} run")
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@json_option
+@click.pass_obj
+def config_show(state: CliState, as_json: bool) -> None:
+    """Print the effective config and where each value came from."""
+    cfg = state.load_config()
+    rows = []
+    for key, value in _flatten(cfg.to_dict()):
+        rows.append({"key": key, "value": value, "source": cfg.sources.get(key, "default")})
+    if as_json:
+        print_json({"file": str(cfg.path) if cfg.path else None, "values": rows})
+        return
+    console.print(f"config file: {cfg.path or '(none: built-in defaults)'}")
+    table = Table(title_justify="left")
+    for column in ("key", "value", "source"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["key"], json.dumps(row["value"]), row["source"])
+    console.print(table)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.extend(_flatten(value, dotted))
+        else:
+            out.append((dotted, value))
+    return out
+
+
+# -- commands that talk to the running node ---------------------------------------------------
+
+
+def _client(state: CliState) -> Any:
+    from zeone.client import ApiClient
+
+    return ApiClient.from_config(state.load_config())
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def status(state: CliState, as_json: bool) -> None:
+    """Show the running node's status."""
+    data = _client(state).get_json("/status")
+    if as_json:
+        print_json(data)
+        return
+    table = Table(show_header=False, title="node", title_justify="left")
+    for key in ("node_id", "role", "version", "api_version", "uptime", "pid", "data_dir"):
+        table.add_row(key.replace("_", " "), str(data.get(key)))
+    table.add_row("plugins", ", ".join(data.get("plugins", [])) or "none")
+    table.add_row("protocols", ", ".join(data.get("protocols", [])) or "none")
+    console.print(table)
+    print_rows(
+        "services",
+        data.get("services", []),
+        ["plugin", "service", "state", "restarts", "last_error"],
+    )
+    for name, section in (data.get("sections") or {}).items():
+        if section and name != "core":
+            sub = Table(show_header=False, title=name, title_justify="left")
+            for key, value in section.items():
+                sub.add_row(str(key), _cell(value))
+            console.print(sub)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def peers(state: CliState, as_json: bool) -> None:
+    """List the running node's connected peers."""
+    data = _client(state).get_json("/peers")
+    if as_json:
+        print_json(data)
+        return
+    rows = data.get("peers", [])
+    if not rows:
+        console.print("no connected peers")
+        return
+    print_rows("peers", rows, list(rows[0].keys()))
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def plugins(state: CliState, as_json: bool) -> None:
+    """List plugins: the running node's, or the installed ones if no node runs."""
+    source = "running node"
+    try:
+        rows = _client(state).get_json("/plugins")["plugins"]
+    except (ApiUnavailable, ZeoneError) as exc:
+        source = f"installed (no running node: {exc})"
+        rows = plugin_table(state.catalog)
+    if as_json:
+        print_json({"source": source, "plugins": rows})
+        return
+    columns = ["name", "version", "kind", "status", "description"]
+    if rows and "enabled" in rows[0]:
+        columns.insert(3, "enabled")
+    print_rows(f"plugins ({source})", rows, columns)
+    for row in rows:
+        if row["status"] != "ok":
+            err_console.print(
+                f"[red]plugin {row['name']!r} is broken:[/] {row['error']}", highlight=False
+            )
+
+
+# -- devnet --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--nodes",
+    "-n",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="How many nodes.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("devnet"),
+    show_default=True,
+    help="Where the node directories go.",
+)
+@click.option(
+    "--base-port",
+    default=4100,
+    show_default=True,
+    type=click.IntRange(1024, 65000),
+    help="First node's P2P port.",
+)
+@click.option(
+    "--api-base-port",
+    default=8800,
+    show_default=True,
+    type=click.IntRange(1024, 65000),
+    help="First node's API port.",
+)
+@click.option(
+    "--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C)."
+)
+@click.option("--fresh", is_flag=True, help="Delete the devnet directory first.")
+@click.pass_obj
+def devnet(
+    state: CliState,
+    nodes: int,
+    directory: Path,
+    base_port: int,
+    api_base_port: int,
+    duration: float | None,
+    fresh: bool,
+) -> None:
+    """Start a local network of NODES real node processes on loopback and watch it."""
+    from zeone.devnet import Devnet
+
+    setup_logging(state.log_level or "info")
+    net = Devnet(
+        directory=directory.absolute(),
+        nodes=nodes,
+        enable=state.enable or [],
+        base_port=base_port,
+        api_base_port=api_base_port,
+        catalog=state.catalog,
+    )
+    if fresh:
+        net.wipe()
+    net.prepare()
+    code = trio.run(net.run, duration)
+    sys.exit(code)
+
+
+# -- plugin subcommands --------------------------------------------------------------------------
+
+
+def add_plugin_commands(
+    group: click.Group, catalog: Catalog, report: Callable[[str], None]
+) -> None:
+    """Let each healthy installed plugin add subcommands; report and skip those that fail."""
+    for name, plugin in sorted(catalog.plugins.items()):
+        if not plugin.ok:
+            continue
+        hook = getattr(plugin.obj, "zeone_register_commands", None)
+        if hook is None:
+            continue
+        try:
+            hook(group)
+        except Exception as exc:
+            report(f"plugin {name!r} failed to add its commands: {type(exc).__name__}: {exc}")
+
+
+def build_cli() -> tuple[click.Group, Catalog]:
+    catalog = Catalog.discover()
+
+    def report(message: str) -> None:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    add_plugin_commands(cli, catalog, report)
+    return cli, catalog
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    group, catalog = build_cli()
+    group.main(args=argv, prog_name="zeone", obj=CliState(catalog))

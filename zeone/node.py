@@ -1,0 +1,252 @@
+"""The node: owns the root nursery, starts every service in order and stops them in reverse.
+
+Construction is synchronous and does all the checking (identity, plugins, registrations), so a
+misconfigured node fails before it binds a socket. ``run()`` then starts, in order: the local API,
+then each plugin's services in dependency order; ``task_status.started()`` is reported once all are
+ready. ``stop()`` (or SIGINT/SIGTERM when ``handle_signals`` is set) cancels services one at a time
+in reverse start order, each given the remaining part of ``[node] shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry, Gauge, Info
+
+from zeone import __version__
+from zeone.api.app import ApiService
+from zeone.api.auth import ensure_token
+from zeone.api.routes import RouteTable
+from zeone.config import Config
+from zeone.errors import PluginError, ZeoneError
+from zeone.identity import Identity, NodeId
+from zeone.plugins import KERNEL_API_VERSION, Catalog, LoadedPlugin, PluginHost, plugin_table
+from zeone.rpc import Handler, Router
+from zeone.services import FatalServiceError, Service, Supervised, supervise
+
+log = logging.getLogger(__name__)
+
+RUNTIME_FILE = "node.json"
+
+
+class Node:
+    """One ZEONE node. Create it, then ``await node.run()`` inside a Trio task."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        catalog: Catalog | None = None,
+        identity: Identity | None = None,
+        handle_signals: bool = False,
+        write_runtime_file: bool = True,
+    ) -> None:
+        self.config = config
+        self.identity = identity if identity is not None else Identity.load(config.key_file)
+        self.catalog = catalog if catalog is not None else Catalog.discover()
+        self.handle_signals = handle_signals
+        self.write_runtime_file = write_runtime_file
+        self.plugins = PluginHost(self.catalog, config.plugins.enable)
+        self.router = Router()
+        self.routes = RouteTable()
+        self.metrics = CollectorRegistry(auto_describe=True)
+        self.api_url: str | None = None
+        self.started = trio.Event()
+        self.stopped = trio.Event()
+        self._services: list[Supervised] = []
+        #: Set once a stop has been requested (by stop(), a signal or a required service's crash).
+        self.stopping = trio.Event()
+        self._fatal: BaseException | None = None
+        self._started_at: float | None = None
+        self._register_everything()
+
+    # -- identity and config ----------------------------------------------------------------
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.identity.node_id
+
+    def plugin_config(self, name: str) -> Any:
+        """The validated ``[plugins.<name>]`` settings: an instance of the plugin's config class."""
+        settings = self.config.plugin_settings(name)
+        if settings is None:
+            plugin = self.catalog.plugins.get(name)
+            schema = plugin.info.config if plugin and plugin.info else None
+            settings = schema() if schema is not None else None
+        return settings
+
+    # -- registration (synchronous, at construction) ---------------------------------------
+
+    def _register_everything(self) -> None:
+        self.plugins.registrar("zeone_register_protocols", self._add_protocol, node=self)
+        self.plugins.registrar("zeone_register_routes", self._add_route, node=self)
+        for _plugin, _ in self.plugins.call(
+            "zeone_register_metrics", registry=self.metrics, node=self
+        ):
+            pass
+        Info("zeone_node", "This node's identity and versions.", registry=self.metrics).info(
+            {
+                "node_id": str(self.node_id),
+                "version": __version__,
+                "api": KERNEL_API_VERSION,
+                "role": self.config.node.role,
+            }
+        )
+        Gauge(
+            "zeone_node_uptime_seconds", "Seconds since the node started.", registry=self.metrics
+        ).set_function(self.uptime)
+
+    def _add_protocol(self, plugin: LoadedPlugin, protocol: str, handler: Handler) -> None:
+        try:
+            self.router.register(protocol, handler, owner=plugin.name)
+        except ValueError as exc:
+            raise PluginError(f"plugin {plugin.name!r}: {exc}") from None
+
+    def _add_route(
+        self, plugin: LoadedPlugin, path: str, endpoint: Any, methods: Sequence[str] = ("GET",)
+    ) -> None:
+        try:
+            self.routes.add(
+                plugin.name, path, endpoint, methods, builtin=plugin.info.name == "core"
+            )
+        except ValueError as exc:
+            raise PluginError(f"plugin {plugin.name!r}: {exc}") from None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` (or a signal); re-raises a required service's crash."""
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.handle_signals:
+                    nursery.start_soon(self._watch_signals)
+                await self._start_services(nursery)
+                self._started_at = time.time()
+                self._write_runtime_file()
+                log.info(
+                    "node %s up (%s) with plugins: %s",
+                    self.node_id.short(),
+                    self.config.node.role,
+                    ", ".join(p for p in self.plugins.names if p != "core") or "none",
+                )
+                self.started.set()
+                task_status.started(self)
+                await self.stopping.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._remove_runtime_file()
+            self.stopped.set()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def stop(self) -> None:
+        """Ask the node to shut down gracefully; safe to call from any task, more than once."""
+        self.stopping.set()
+
+    async def _start_services(self, nursery: trio.Nursery) -> None:
+        entries: list[tuple[str, Service, bool]] = []
+        if self.config.api.enabled:
+            token = ensure_token(self.config.token_file)
+            entries.append(("core", ApiService(self, token, self.config.api.bind), True))
+        for plugin, services in self.plugins.call("zeone_services", node=self):
+            for service in services:
+                if not isinstance(service, Service):
+                    raise PluginError(
+                        f"plugin {plugin.name!r} returned {service!r} from zeone_services(), "
+                        "which has no name or no async run(*, task_status)"
+                    )
+                entries.append((plugin.name, service, plugin.info.required))
+        for plugin_name, service, required in entries:
+            entry = Supervised(plugin_name, service, required)
+            self._services.append(entry)
+            await nursery.start(supervise, entry, self._on_fatal)
+            if self._fatal is not None:
+                raise self._fatal
+        api = next((s.service for s in self._services if isinstance(s.service, ApiService)), None)
+        self.api_url = api.url if api else None
+
+    def _on_fatal(self, exc: FatalServiceError) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop()
+
+    async def _shutdown(self) -> None:
+        deadline = trio.current_time() + self.config.node.shutdown_timeout
+        log.info("node %s stopping", self.node_id.short())
+        for entry in reversed(self._services):
+            entry.scope.cancel()
+            with trio.move_on_at(deadline) as waiting:
+                await entry.done.wait()
+            if waiting.cancelled_caught:
+                log.error("service %s did not stop within the shutdown timeout", entry.label)
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.stopping.is_set():
+                    log.warning("second %s: exiting immediately", signal.Signals(signum).name)
+                    logging.shutdown()
+                    os._exit(130)
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                self.stop()
+
+    # -- runtime file: lets `zeone status` find a node bound to an ephemeral port ----------
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.config.data_dir / RUNTIME_FILE
+
+    def _write_runtime_file(self) -> None:
+        if not self.write_runtime_file:
+            return
+        data = {"pid": os.getpid(), "node_id": str(self.node_id), "api_url": self.api_url}
+        tmp = self.runtime_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.runtime_file)
+
+    def _remove_runtime_file(self) -> None:
+        if self.write_runtime_file and self._started_at is not None:
+            self.runtime_file.unlink(missing_ok=True)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def uptime(self) -> float:
+        return 0.0 if self._started_at is None else time.time() - self._started_at
+
+    def peers(self) -> list[dict[str, Any]]:
+        return []
+
+    def plugin_rows(self) -> list[dict[str, Any]]:
+        enabled = {name: True for name in self.plugins.names}
+        return plugin_table(self.catalog, enabled)
+
+    def status(self) -> dict[str, Any]:
+        sections: dict[str, Any] = {}
+        for plugin, section in self.plugins.call("zeone_node_status", node=self):
+            sections[plugin.name] = section
+        return {
+            "node_id": str(self.node_id),
+            "version": __version__,
+            "api_version": KERNEL_API_VERSION,
+            "role": self.config.node.role,
+            "uptime": round(self.uptime(), 3),
+            "pid": os.getpid(),
+            "data_dir": str(self.config.data_dir),
+            "plugins": [p for p in self.plugins.names if p != "core"],
+            "protocols": self.router.protocols(),
+            "services": [s.snapshot() for s in self._services],
+            "sections": sections,
+        }
+
+
+__all__ = ["Node", "ZeoneError"]
