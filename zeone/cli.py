@@ -29,7 +29,7 @@ from zeone.logs import setup_logging
 from zeone.plugins import Catalog, plugin_table
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("zeone.cli")
 
 FORCED_EXIT_GRACE = 5.0
@@ -72,6 +72,12 @@ class CliState:
             override_source=labels,
             plugin_schemas=self.catalog.schemas,
         )
+
+    def client(self) -> Any:
+        """An :class:`~zeone.client.ApiClient` for the node this config describes."""
+        from zeone.client import ApiClient
+
+        return ApiClient.from_config(self.load_config())
 
 
 class ZeoneGroup(click.Group):
@@ -178,13 +184,20 @@ def run(
     setup_logging(config.node.log_level, config.node.log_format)
     node = Node(config, catalog=state.catalog, handle_signals=True)
 
+    failure: list[ZeoneError] = []
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_arm_watchdog, node, config.node.shutdown_timeout)
-            await node.run()
+            try:
+                await node.run()
+            except ZeoneError as exc:  # raised here it would reach the user as an ExceptionGroup
+                failure.append(exc)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    if failure:
+        raise failure[0]
 
 
 async def _arm_watchdog(node: Any, grace: float) -> None:
@@ -293,18 +306,12 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 # -- commands that talk to the running node ---------------------------------------------------
 
 
-def _client(state: CliState) -> Any:
-    from zeone.client import ApiClient
-
-    return ApiClient.from_config(state.load_config())
-
-
 @cli.command()
 @json_option
 @click.pass_obj
 def status(state: CliState, as_json: bool) -> None:
     """Show the running node's status."""
-    data = _client(state).get_json("/status")
+    data = state.client().get_json("/status")
     if as_json:
         print_json(data)
         return
@@ -332,7 +339,7 @@ def status(state: CliState, as_json: bool) -> None:
 @click.pass_obj
 def peers(state: CliState, as_json: bool) -> None:
     """List the running node's connected peers."""
-    data = _client(state).get_json("/peers")
+    data = state.client().get_json("/peers")
     if as_json:
         print_json(data)
         return
@@ -350,9 +357,10 @@ def plugins(state: CliState, as_json: bool) -> None:
     """List plugins: the running node's, or the installed ones if no node runs."""
     source = "running node"
     try:
-        rows = _client(state).get_json("/plugins")["plugins"]
+        rows = state.client().get_json("/plugins")["plugins"]
     except (ApiUnavailable, ZeoneError) as exc:
-        source = f"installed (no running node: {exc})"
+        source = "installed; no running node"
+        log.debug("no running node: %s", exc)
         rows = plugin_table(state.catalog)
     if as_json:
         print_json({"source": source, "plugins": rows})
@@ -416,14 +424,17 @@ def devnet(
     duration: float | None,
     fresh: bool,
 ) -> None:
-    """Start a local network of NODES real node processes on loopback and watch it."""
+    """Start a local network of real node processes on loopback and watch it.
+
+    Every installed plugin is enabled unless --enable says otherwise.
+    """
     from zeone.devnet import Devnet
 
     setup_logging(state.log_level or "info")
     net = Devnet(
         directory=directory.absolute(),
         nodes=nodes,
-        enable=state.enable or [],
+        enable=state.enable if state.enable is not None else state.catalog.healthy_plugins(),
         base_port=base_port,
         api_base_port=api_base_port,
         catalog=state.catalog,

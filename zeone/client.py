@@ -7,6 +7,7 @@ token from the data dir. It speaks plain HTTP/1.1 to loopback, so the standard l
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -51,17 +52,32 @@ class ApiClient:
     def get_json(self, path: str) -> Any:
         return json.loads(self.get(path))
 
-    def get(self, path: str) -> bytes:
-        request = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
+    def post_json(self, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else b""
+        return json.loads(self.get(path, method="POST", data=data))
+
+    def get(self, path: str, *, method: str = "GET", data: bytes | None = None) -> bytes:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if data:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 raise ZeoneError(f"the node at {self.url} rejected the API token") from None
-            raise ZeoneError(f"{self.url}{path}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            detail = _error_detail(exc)
+            raise ZeoneError(f"{path}: HTTP {exc.code} {exc.reason}{detail}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiUnavailable(f"no node is running at {self.url} ({reason})") from None
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` field of a JSON error body, if the endpoint sent one."""
+    try:
+        body = json.loads(exc.read(4096))
+    except (ValueError, OSError):
+        return ""
+    return f": {body['error']}" if isinstance(body, dict) and "error" in body else ""

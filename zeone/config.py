@@ -17,14 +17,17 @@ import copy
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import cattrs
+import cattrs.cols
 import tomli_w
 from attrs import validators as v
+from cattrs.gen import make_dict_structure_fn
 
 from zeone.errors import ConfigError
 
@@ -67,7 +70,7 @@ class NetworkSection:
     max_connections: int = attrs.field(default=512, validator=_positive)
     max_streams_per_peer: int = attrs.field(default=256, validator=_positive)
     #: Inbound requests per second accepted from one peer (token bucket; bursts up to 2x).
-    max_request_rate: float = attrs.field(default=200.0, validator=_positive)
+    max_request_rate: float = attrs.field(default=1000.0, validator=_positive)
     max_frame_size: int = attrs.field(default=4 * 1024 * 1024, validator=v.ge(1024))
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     idle_timeout: float = attrs.field(default=300.0, validator=_positive)
@@ -174,9 +177,27 @@ def _strict(kind: type, name: str):
     return hook
 
 
+def _container(kind: type, name: str, inner: Any):
+    def hook(value: Any, type_: type) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {name}, got {type(value).__name__} {value!r}")
+        return inner(value, type_)
+
+    return hook
+
+
 def make_converter() -> cattrs.Converter:
     """A cattrs converter that refuses unknown keys and never coerces types silently."""
     conv = cattrs.Converter(forbid_extra_keys=True)
+    # cattrs would iterate a string into a list of characters (listen = "tcp://..." becoming
+    # ["t", "c", ...]) and report `node = 5` as "not iterable": check the container kind first.
+    conv.register_structure_hook_factory(
+        lambda t: typing.get_origin(t) is list,
+        lambda t, c: _container(list, "a list", cattrs.cols.list_structure_factory(t, c)),
+    )
+    conv.register_structure_hook_factory(
+        attrs.has, lambda t, c: _container(dict, "a table", make_dict_structure_fn(t, c))
+    )
     conv.register_structure_hook(str, _strict(str, "a string"))
     conv.register_structure_hook(int, _strict(int, "an integer"))
     conv.register_structure_hook(float, _strict(float, "a number"))
@@ -249,6 +270,10 @@ def _source_of(key: str, sources: Mapping[str, str]) -> str:
         if probe in sources:
             return sources[probe]
         probe = probe.rpartition(".")[0]
+    # a whole table (an unknown [section]): the layer that set its values
+    for leaf, source in sources.items():
+        if leaf.startswith(key + "."):
+            return source
     return "config"
 
 
@@ -412,9 +437,10 @@ def build_config(
     plugin_schemas: Mapping[str, type | None] | None,
 ) -> Config:
     data = dict(data)
-    plugins_table = dict(data.pop("plugins", {}) or {})
+    plugins_table = data.pop("plugins", None) or {}
     if not isinstance(plugins_table, dict):
         raise ConfigError(_format_problems([("plugins", "expected a table")], sources))
+    plugins_table = dict(plugins_table)
     enable = plugins_table.pop("enable", [])
     kernel = structure({**data, "plugins": {"enable": enable}}, _KernelSections, sources=sources)
     settings: dict[str, Any] = {}

@@ -104,6 +104,8 @@ class Devnet:
         async with trio.open_nursery() as nursery:
             for member in self.members:
                 await self._start(member)
+                if member.index == 0:
+                    await self._wait_ready(member)
             nursery.start_soon(self._poll)
             with Live(self._table(), console=self.console, refresh_per_second=2) as live:
                 try:
@@ -139,6 +141,14 @@ class Devnet:
         )
         log_file.close()
 
+    async def _wait_ready(self, member: DevnetNode, timeout: float = 15.0) -> None:
+        """Let the seed come up first, so the others find it on their first dial."""
+        with trio.move_on_after(timeout):
+            while not (member.directory / "node.json").exists():
+                if member.process is not None and member.process.returncode is not None:
+                    return
+                await trio.sleep(0.05)
+
     async def _poll(self) -> None:
         from zeone.client import ApiClient
 
@@ -170,7 +180,6 @@ class Devnet:
             "id",
             "role",
             "listen",
-            "api",
             "state",
             "peers",
             "plugins",
@@ -182,10 +191,9 @@ class Devnet:
             state = m.error or ("up" if s else "starting")
             table.add_row(
                 m.name,
-                m.node_id[:12],
+                m.node_id[:8],
                 s.get("role", "?"),
-                m.listen,
-                m.api_url,
+                m.listen.removeprefix("tcp://"),
                 f"[green]{state}[/]" if state == "up" else f"[yellow]{state}[/]",
                 "" if m.peers is None else str(m.peers),
                 ", ".join(s.get("plugins", [])),

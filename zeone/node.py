@@ -28,6 +28,8 @@ from zeone.api.routes import RouteTable
 from zeone.config import Config
 from zeone.errors import PluginError, ZeoneError
 from zeone.identity import Identity, NodeId
+from zeone.net.manager import ConnectionManager
+from zeone.net.transport import TcpTransport, Transport, TransportRegistry
 from zeone.plugins import KERNEL_API_VERSION, Catalog, LoadedPlugin, PluginHost, plugin_table
 from zeone.rpc import Handler, Router
 from zeone.services import FatalServiceError, Service, Supervised, supervise
@@ -46,6 +48,7 @@ class Node:
         *,
         catalog: Catalog | None = None,
         identity: Identity | None = None,
+        transports: Sequence[Transport] = (),
         handle_signals: bool = False,
         write_runtime_file: bool = True,
     ) -> None:
@@ -58,7 +61,11 @@ class Node:
         self.router = Router()
         self.routes = RouteTable()
         self.metrics = CollectorRegistry(auto_describe=True)
+        self.transports = TransportRegistry([TcpTransport(), *transports])
         self.api_url: str | None = None
+        #: Per-node state of plugins, by plugin name (module-level globals would be shared by
+        #: every node of an in-process test network).
+        self.plugin_state: dict[str, Any] = {}
         self.started = trio.Event()
         self.stopped = trio.Event()
         self._services: list[Supervised] = []
@@ -67,6 +74,9 @@ class Node:
         self._fatal: BaseException | None = None
         self._started_at: float | None = None
         self._register_everything()
+        self.network = ConnectionManager(
+            self.identity, config.network, self.router, self.transports
+        )
 
     # -- identity and config ----------------------------------------------------------------
 
@@ -85,7 +95,13 @@ class Node:
 
     # -- registration (synchronous, at construction) ---------------------------------------
 
+    @property
+    def rpc(self) -> ConnectionManager:
+        """``node.rpc.request(peer, protocol, message, timeout=...)``; ``node.rpc.ping(peer)``."""
+        return self.network
+
     def _register_everything(self) -> None:
+        self.plugins.registrar("zeone_register_transports", self._add_transport, node=self)
         self.plugins.registrar("zeone_register_protocols", self._add_protocol, node=self)
         self.plugins.registrar("zeone_register_routes", self._add_route, node=self)
         for _plugin, _ in self.plugins.call(
@@ -103,6 +119,12 @@ class Node:
         Gauge(
             "zeone_node_uptime_seconds", "Seconds since the node started.", registry=self.metrics
         ).set_function(self.uptime)
+
+    def _add_transport(self, plugin: LoadedPlugin, transport: Transport) -> None:
+        try:
+            self.transports.register(transport)
+        except ValueError as exc:
+            raise PluginError(f"plugin {plugin.name!r}: {exc}") from None
 
     def _add_protocol(self, plugin: LoadedPlugin, protocol: str, handler: Handler) -> None:
         try:
@@ -129,18 +151,24 @@ class Node:
             async with trio.open_nursery() as nursery:
                 if self.handle_signals:
                     nursery.start_soon(self._watch_signals)
-                await self._start_services(nursery)
-                self._started_at = time.time()
-                self._write_runtime_file()
-                log.info(
-                    "node %s up (%s) with plugins: %s",
-                    self.node_id.short(),
-                    self.config.node.role,
-                    ", ".join(p for p in self.plugins.names if p != "core") or "none",
-                )
-                self.started.set()
-                task_status.started(self)
-                await self.stopping.wait()
+                try:
+                    await self._start_services(nursery)
+                except ZeoneError as exc:
+                    # Stop what did start, then raise the error itself (not a nursery group).
+                    if self._fatal is None:
+                        self._fatal = exc
+                else:
+                    self._started_at = time.time()
+                    self._write_runtime_file()
+                    log.info(
+                        "node %s up (%s) with plugins: %s",
+                        self.node_id.short(),
+                        self.config.node.role,
+                        ", ".join(p for p in self.plugins.names if p != "core") or "none",
+                    )
+                    self.started.set()
+                    task_status.started(self)
+                    await self.stopping.wait()
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
         finally:
@@ -154,7 +182,7 @@ class Node:
         self.stopping.set()
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
-        entries: list[tuple[str, Service, bool]] = []
+        entries: list[tuple[str, Service, bool]] = [("core", self.network, True)]
         if self.config.api.enabled:
             token = ensure_token(self.config.token_file)
             entries.append(("core", ApiService(self, token, self.config.api.bind), True))
@@ -224,7 +252,7 @@ class Node:
         return 0.0 if self._started_at is None else time.time() - self._started_at
 
     def peers(self) -> list[dict[str, Any]]:
-        return []
+        return self.network.peers()
 
     def plugin_rows(self) -> list[dict[str, Any]]:
         enabled = {name: True for name in self.plugins.names}
@@ -244,6 +272,8 @@ class Node:
             "data_dir": str(self.config.data_dir),
             "plugins": [p for p in self.plugins.names if p != "core"],
             "protocols": self.router.protocols(),
+            "listen": list(self.network.listen_addresses),
+            "network": self.network.statistics(),
             "services": [s.snapshot() for s in self._services],
             "sections": sections,
         }

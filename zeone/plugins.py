@@ -184,6 +184,10 @@ class Catalog:
             found[name] = _describe(obj, name, "extra", None, False)
         return cls(found)
 
+    def healthy_plugins(self) -> list[str]:
+        """Names of installed (non-builtin) plugins that loaded without error."""
+        return sorted(n for n, p in self.plugins.items() if p.ok and not p.builtin)
+
     @property
     def schemas(self) -> dict[str, type | None]:
         return {n: p.info.config for n, p in self.plugins.items() if p.info and not p.builtin}

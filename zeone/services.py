@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import trio
 
+from zeone.errors import ZeoneError
+
 log = logging.getLogger(__name__)
 
 RESTART_INITIAL_DELAY = 1.0
@@ -30,8 +32,15 @@ class Service(Protocol):
         """Run until cancelled; call ``task_status.started()`` once ready."""
 
 
-class FatalServiceError(Exception):
+class FatalServiceError(ZeoneError):
     """A service of a required plugin crashed; the node stops."""
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The error itself rather than the nursery's one-member ExceptionGroup around it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 @attrs.define(eq=False)
@@ -84,7 +93,8 @@ async def supervise(
                         task_status.started()
                         task_status = trio.TASK_STATUS_IGNORED
                 except Exception as exc:
-                    entry.last_error = f"{type(exc).__name__}: {exc}"
+                    error = _unwrap(exc)
+                    entry.last_error = f"{type(error).__name__}: {error}"
                     if entry.required:
                         entry.state = "failed"
                         log.error("required service %s crashed: %s", entry.label, entry.last_error)

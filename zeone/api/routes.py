@@ -39,6 +39,7 @@ class RouteTable:
     ) -> None:
         if not builtin and not (path == f"/{owner}" or path.startswith(f"/{owner}/")):
             raise ValueError(f"route {path!r} must start with /{owner}/ (the plugin's own prefix)")
+        methods = tuple(m.upper() for m in methods)
         if any(r.path == path and set(r.methods) & set(methods) for r in self.routes):
             raise ValueError(f"route {path!r} is already registered")
-        self.routes.append(PluginRoute(path, endpoint, tuple(m.upper() for m in methods), owner))
+        self.routes.append(PluginRoute(path, endpoint, methods, owner))

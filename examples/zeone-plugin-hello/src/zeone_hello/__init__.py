@@ -1,0 +1,3 @@
+"""zeone-plugin-hello: an example ZEONE plugin."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,1 @@
+"""Networking: transports, the in-memory network, the Noise channel and connection management."""

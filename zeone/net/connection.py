@@ -1,0 +1,389 @@
+"""One authenticated connection to a peer, carrying RPC requests in both directions.
+
+Inbound frames are read by a single task and dispatched: requests run as handler tasks (bounded by
+``max_streams_per_peer`` and a per-peer token-bucket rate limit, both answered with an error rather
+than queued, so a flooding peer costs us little), responses wake the waiting caller, PINGs are
+answered at once. Anything malformed raises ProtocolError, which closes this connection only, with
+the reason logged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from zeone.errors import ProtocolError, ZeoneError
+from zeone.identity import NodeId
+from zeone.net.noise import SecureChannel
+from zeone.rpc import RemoteError, Request, RequestTimeout, Router
+from zeone.wire.frame import Frame, FrameDecoder, MessageType, encode_frame
+from zeone.wire.messages import (
+    Discover,
+    GoAway,
+    PeerList,
+    Ping,
+    Pong,
+    ServiceRequest,
+    ServiceResponse,
+    WireMessage,
+)
+
+log = logging.getLogger(__name__)
+
+RECEIVE_CHUNK = 256 * 1024
+
+
+class ConnectionClosed(ZeoneError):
+    """The connection closed before the answer arrived."""
+
+
+@attrs.frozen
+class ConnectionLimits:
+    max_frame_size: int = 4 * 1024 * 1024
+    max_inflight: int = 256
+    request_rate: float = 200.0
+
+
+class TokenBucket:
+    """``rate`` events per second with bursts up to ``burst``; time from ``trio.current_time``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated: float | None = None
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        if self.updated is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@attrs.define
+class ConnectionStats:
+    bytes_in: int = 0
+    bytes_out: int = 0
+    requests_in: int = 0
+    requests_out: int = 0
+    refused: int = 0
+    rtt: float | None = None
+
+
+@attrs.define(eq=False)
+class _Pending:
+    done: trio.Event = attrs.Factory(trio.Event)
+    response: ServiceResponse | None = None
+    error: BaseException | None = None
+
+
+class Connection:
+    """An established secure connection; create with a handshaken channel, then ``run()`` it."""
+
+    def __init__(
+        self,
+        channel: SecureChannel,
+        *,
+        outbound: bool,
+        address: str,
+        router: Router,
+        limits: ConnectionLimits,
+        peer_list: Callable[[int, NodeId], list[Any]] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.outbound = outbound
+        self.address = address
+        self.router = router
+        self.limits = limits
+        self.peer_list = peer_list
+        self.peer_id: NodeId = channel.peer_id
+        self.opened_at = time.time()
+        self.last_activity = trio.current_time()
+        self.stats = ConnectionStats()
+        self.draining = False
+        self.closed = trio.Event()
+        self.close_reason: str | None = None
+        self._decoder = FrameDecoder(limits.max_frame_size)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._pings: dict[bytes, _Pending] = {}
+        self._inflight = 0
+        self._idle = trio.lowlevel.ParkingLot()
+        self._refusing = 0
+        self._bucket = TokenBucket(limits.request_rate, 2 * limits.request_rate)
+        self._nursery: trio.Nursery | None = None
+        self._discover_reply: _Pending | None = None
+
+    def __repr__(self) -> str:
+        direction = "out" if self.outbound else "in"
+        return f"<Connection {direction} {self.peer_id.short()} {self.address}>"
+
+    @property
+    def peer_listen(self) -> tuple[str, ...]:
+        return tuple(self.channel.peer_hello.listen)
+
+    @property
+    def peer_capabilities(self) -> tuple[str, ...]:
+        return tuple(self.channel.peer_hello.capabilities)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending or self._inflight or self._pings)
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight in either direction."""
+        while self.busy:
+            await self._idle.park()
+
+    def _maybe_idle(self) -> None:
+        if not self.busy:
+            self._idle.unpark_all()
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve the connection until EOF, a protocol error, close() or cancellation."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                try:
+                    await self._read_loop()
+                except ProtocolError as exc:
+                    self.close_reason = f"protocol error: {exc}"
+                    log.warning("closing connection to %s: %s", self.peer_id.short(), exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.close_reason = self.close_reason or f"connection lost: {exc or 'reset'}"
+                nursery.cancel_scope.cancel()
+        except trio.Cancelled:
+            self.close_reason = self.close_reason or "node stopping"
+            raise
+        finally:
+            self._fail_pending(ConnectionClosed(f"connection to {self.peer_id.short()} closed"))
+            self.closed.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.channel.aclose()
+
+    async def close(self, reason: str = "closed") -> None:
+        self.close_reason = self.close_reason or reason
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        else:
+            await self.channel.aclose()
+            self.closed.set()
+
+    async def _read_loop(self) -> None:
+        while True:
+            data = await self.channel.receive_some(RECEIVE_CHUNK)
+            if not data:
+                self.close_reason = self.close_reason or "closed by peer"
+                return
+            self.stats.bytes_in += len(data)
+            for frame in self._decoder.feed(data):
+                await self._dispatch(frame)
+
+    async def _dispatch(self, frame: Frame) -> None:
+        kind = frame.type
+        if kind == MessageType.SERVICE_REQUEST:
+            self._on_request(ServiceRequest.from_wire(frame.payload))
+        elif kind == MessageType.SERVICE_RESPONSE:
+            self._on_response(ServiceResponse.from_wire(frame.payload))
+        elif kind == MessageType.PING:
+            ping = Ping.from_wire(frame.payload)
+            await self._send(Pong(ping.nonce, ping.timestamp))
+        elif kind == MessageType.PONG:
+            pong = Pong.from_wire(frame.payload)
+            waiter = self._pings.pop(pong.nonce, None)
+            if waiter is not None:
+                waiter.done.set()
+        elif kind == MessageType.DISCOVER:
+            discover = Discover.from_wire(frame.payload)
+            peers = self.peer_list(discover.limit, self.peer_id) if self.peer_list else []
+            await self._send(PeerList(peers))
+        elif kind == MessageType.PEER_LIST:
+            reply = PeerList.from_wire(frame.payload)
+            if self._discover_reply is not None:
+                self._discover_reply.response = reply  # type: ignore[assignment]
+                self._discover_reply.done.set()
+        elif kind == MessageType.GOAWAY:
+            GoAway.from_wire(frame.payload)
+            self.draining = True
+        else:
+            raise ProtocolError(f"unexpected {kind.name} frame on an RPC connection")
+
+    # -- inbound requests -------------------------------------------------------------------
+
+    def _on_request(self, request: ServiceRequest) -> None:
+        self.last_activity = trio.current_time()
+        self.stats.requests_in += 1
+        if self._bucket.take() and self._inflight < self.limits.max_inflight:
+            self._inflight += 1
+            self._nursery.start_soon(self._serve, request)
+            return
+        self.stats.refused += 1
+        if self._refusing >= self.limits.max_inflight:
+            # The peer keeps sending while not reading our refusals: it is flooding, not busy.
+            raise ProtocolError("peer floods requests without reading the answers")
+        code = "rate-limited" if self._bucket.tokens < 1 else "busy"
+        self._refusing += 1
+        self._nursery.start_soon(self._refuse, request.request_id, code)
+
+    async def _refuse(self, request_id: int, code: str) -> None:
+        try:
+            await self._send(ServiceResponse(request_id, False, [code, "request refused"]))
+        finally:
+            self._refusing -= 1
+
+    async def _serve(self, request: ServiceRequest) -> None:
+        try:
+            try:
+                result = await self.router.dispatch(
+                    Request(self.peer_id, request.protocol, request.body)
+                )
+                response = ServiceResponse(request.request_id, True, result)
+                frame = self._encode(response)
+            except RemoteError as exc:
+                frame = self._encode(
+                    ServiceResponse(request.request_id, False, [exc.code[:64], exc.message[:1000]])
+                )
+            except (TypeError, ValueError) as exc:
+                log.error("response to %s is not sendable: %s", request.protocol, exc)
+                frame = self._encode(
+                    ServiceResponse(request.request_id, False, ["internal-error", "bad response"])
+                )
+            await self._send_raw(frame)
+        finally:
+            self._inflight -= 1
+            self.last_activity = trio.current_time()
+            self._maybe_idle()
+
+    # -- outbound requests ------------------------------------------------------------------
+
+    async def request(self, protocol: str, body: Any, *, timeout: float = 10.0) -> Any:
+        """Send a request and wait for the answer; RemoteError, RequestTimeout, ConnectionClosed."""
+        if self.closed.is_set():
+            raise ConnectionClosed(f"connection to {self.peer_id.short()} is closed")
+        request_id = next(self._ids)
+        pending = _Pending()
+        self._pending[request_id] = pending
+        self.stats.requests_out += 1
+        self.last_activity = trio.current_time()
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await self._send(ServiceRequest(request_id, protocol, body))
+                await pending.done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+            self.last_activity = trio.current_time()
+            self._maybe_idle()
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"{protocol} to {self.peer_id.short()} timed out after {timeout}s")
+        if pending.error is not None:
+            raise pending.error
+        response = pending.response
+        assert response is not None
+        if not response.ok:
+            code, message = response.body
+            raise RemoteError(code, message)
+        return response.body
+
+    def _on_response(self, response: ServiceResponse) -> None:
+        pending = self._pending.get(response.request_id)
+        if pending is None:
+            return  # the caller gave up (timeout or cancellation); drop the late answer
+        pending.response = response
+        pending.done.set()
+
+    async def ping(self, *, timeout: float = 10.0) -> float:
+        """Round-trip time in seconds."""
+        nonce = os.urandom(8)
+        waiter = _Pending()
+        self._pings[nonce] = waiter
+        started = trio.current_time()
+        try:
+            with trio.fail_after(timeout):
+                await self._send(Ping(nonce, int(time.time() * 1000)))
+                await waiter.done.wait()
+        except trio.TooSlowError:
+            raise RequestTimeout(f"ping to {self.peer_id.short()} timed out") from None
+        finally:
+            self._pings.pop(nonce, None)
+            self._maybe_idle()
+        if waiter.error is not None:
+            raise waiter.error
+        self.stats.rtt = trio.current_time() - started
+        return self.stats.rtt
+
+    async def discover(self, limit: int = 32, *, timeout: float = 10.0) -> list[Any]:
+        """Ask the peer for the peers it knows: ``[[node_id bytes, [addresses]], ...]``."""
+        if self._discover_reply is not None:
+            await self._discover_reply.done.wait()
+        waiter = self._discover_reply = _Pending()
+        try:
+            with trio.fail_after(timeout):
+                await self._send(Discover(limit))
+                await waiter.done.wait()
+        except trio.TooSlowError:
+            raise RequestTimeout(f"discover to {self.peer_id.short()} timed out") from None
+        finally:
+            self._discover_reply = None
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.response.peers  # type: ignore[union-attr]
+
+    async def go_away(self, reason: str) -> None:
+        self.draining = True
+        await self._send(GoAway(reason[:256]))
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _encode(self, message: WireMessage) -> bytes:
+        return encode_frame(
+            Frame(message.TYPE, message.to_wire()), max_frame_size=self.limits.max_frame_size
+        )
+
+    async def _send(self, message: WireMessage) -> None:
+        await self._send_raw(self._encode(message))
+
+    async def _send_raw(self, data: bytes) -> None:
+        try:
+            await self.channel.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionClosed(f"connection to {self.peer_id.short()} is closed") from exc
+        self.stats.bytes_out += len(data)
+
+    def _fail_pending(self, error: BaseException) -> None:
+        for waiter in [*self._pending.values(), *self._pings.values()]:
+            waiter.error = error
+            waiter.done.set()
+        if self._discover_reply is not None:
+            self._discover_reply.error = error
+            self._discover_reply.done.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "node_id": str(self.peer_id),
+            "address": self.address,
+            "direction": "outbound" if self.outbound else "inbound",
+            "since": round(self.opened_at, 3),
+            "rtt_ms": None if self.stats.rtt is None else round(self.stats.rtt * 1000, 3),
+            "bytes_in": self.stats.bytes_in,
+            "bytes_out": self.stats.bytes_out,
+            "requests_in": self.stats.requests_in,
+            "requests_out": self.stats.requests_out,
+            "version": self.channel.version,
+            "draining": self.draining,
+        }

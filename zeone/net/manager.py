@@ -1,0 +1,464 @@
+"""The connection manager: listeners, dials, one connection per peer, limits, bootstrap, PEX.
+
+Every protocol shares one connection per peer pair. When both sides dial each other at once, both
+keep the connection dialed by the node with the smaller NodeId and drain the other (GOAWAY, then
+close when idle), so the outcome is the same on both ends without any extra round trip. Failed
+dials back off exponentially per peer. Connections beyond ``max_connections`` are refused right
+after accept, before the handshake costs any CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from zeone.config import NetworkSection
+from zeone.errors import ProtocolError, ZeoneError
+from zeone.identity import Identity, NodeId
+from zeone.net.connection import Connection, ConnectionClosed, ConnectionLimits
+from zeone.net.noise import Hello, secure_accept, secure_dial
+from zeone.net.transport import Address, DialError, TransportRegistry, parse_address
+from zeone.rpc import RequestTimeout, Router
+from zeone.wire.frame import WIRE_VERSION
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 60.0
+BOOTSTRAP_INTERVAL = 5.0
+BOOTSTRAP_RETRY = 0.5
+MAINTENANCE_INTERVAL = 15.0
+KEEPALIVE_INTERVAL = 30.0
+DRAIN_TIMEOUT = 10.0
+#: PEX: how many peers to ask a bootstrap peer for, and how many connections we aim for.
+DISCOVER_LIMIT = 32
+TARGET_PEERS = 16
+UNSPECIFIED_HOSTS = {"0.0.0.0", "::", ""}
+
+
+@attrs.frozen
+class PeerAddress:
+    """``<node id>@<address>``; the id may be omitted (then it is learned, not verified)."""
+
+    address: str
+    node_id: NodeId | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PeerAddress:
+        node_part, sep, address = text.rpartition("@")
+        if sep and node_part:
+            node_id = NodeId.parse(node_part)
+        elif "://" in text:
+            node_id, address = None, text
+        else:
+            raise ValueError(f"expected <node id>@<address> or <address>, got {text!r}")
+        parse_address(address)
+        return cls(address, node_id)
+
+    def __str__(self) -> str:
+        return f"{self.node_id}@{self.address}" if self.node_id else self.address
+
+
+@attrs.define
+class _Backoff:
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+class ConnectionManager:
+    """Kernel service owning every connection of one node."""
+
+    name = "network"
+
+    def __init__(
+        self,
+        identity: Identity,
+        settings: NetworkSection,
+        router: Router,
+        transports: TransportRegistry,
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.settings = settings
+        self.router = router
+        self.transports = transports
+        self.limits = ConnectionLimits(
+            max_frame_size=settings.max_frame_size,
+            max_inflight=settings.max_streams_per_peer,
+            request_rate=settings.max_request_rate,
+        )
+        self.bootstrap = [PeerAddress.parse(text) for text in settings.bootstrap]
+        self.connections: dict[NodeId, Connection] = {}
+        self.book: dict[NodeId, list[str]] = {}
+        self.listen_addresses: list[str] = []
+        self.handshake_failures = 0
+        self.refused = 0
+        self._dialing: dict[NodeId, trio.Event] = {}
+        self._backoff: dict[NodeId, _Backoff] = {}
+        self._all: set[Connection] = set()
+        self._nursery: trio.Nursery | None = None
+        self._random = random.Random()
+        for peer in self.bootstrap:
+            if peer.node_id is not None:
+                self.book.setdefault(peer.node_id, []).append(peer.address)
+
+    # -- service ----------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for text in self.settings.listen:
+                bound = await nursery.start(self.transports.listen, text, self._accept)
+                self.listen_addresses.append(str(bound))
+                log.info("listening on %s", bound)
+            if self.bootstrap:
+                nursery.start_soon(self._bootstrap_loop)
+            nursery.start_soon(self._maintenance_loop)
+            task_status.started(self.listen_addresses)
+            await trio.sleep_forever()
+
+    def hello(self) -> Hello:
+        return Hello(
+            versions=(WIRE_VERSION,),
+            capabilities=tuple(self.router.protocols()),
+            listen=tuple(self.listen_addresses),
+        )
+
+    # -- accepting --------------------------------------------------------------------------
+
+    async def _accept(self, stream: trio.abc.Stream) -> None:
+        if len(self._all) >= self.settings.max_connections:
+            self.refused += 1
+            log.debug("refusing inbound connection: %d connections open", len(self._all))
+            return
+        remote = _remote_host(stream)
+        try:
+            with trio.fail_after(self.settings.handshake_timeout):
+                channel = await secure_accept(stream, self.identity, self.hello())
+        except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            self.handshake_failures += 1
+            reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            log.info("inbound handshake from %s failed: %s", remote or "?", reason)
+            return
+        conn = self._connection(channel, outbound=False, address=remote or "?")
+        await self._run_connection(conn, remote)
+
+    # -- dialing ----------------------------------------------------------------------------
+
+    async def connect(self, peer: NodeId | PeerAddress | str) -> Connection:
+        """The open connection to ``peer``, dialing it if needed (one dial at a time per peer)."""
+        target = PeerAddress.parse(peer) if isinstance(peer, str) else peer
+        if isinstance(target, NodeId):
+            target = PeerAddress("", target)
+        node_id = target.node_id
+        if node_id is not None:
+            if node_id == self.node_id:
+                raise DialError(target.address or "self", "refusing to dial this node itself")
+            while True:
+                existing = self._usable(node_id)
+                if existing is not None:
+                    return existing
+                dialing = self._dialing.get(node_id)
+                if dialing is None:
+                    break
+                await dialing.wait()
+                if self._usable(node_id) is None:
+                    break
+            self._dialing[node_id] = trio.Event()
+        try:
+            return await self._dial(target)
+        finally:
+            if node_id is not None:
+                self._dialing.pop(node_id).set()
+
+    def _usable(self, node_id: NodeId) -> Connection | None:
+        conn = self.connections.get(node_id)
+        if conn is not None and not conn.closed.is_set() and not conn.draining:
+            return conn
+        return None
+
+    async def _dial(self, target: PeerAddress) -> Connection:
+        node_id = target.node_id
+        addresses = [target.address] if target.address else []
+        if node_id is not None:
+            addresses += [a for a in self.book.get(node_id, []) if a not in addresses]
+        if not addresses:
+            raise DialError(str(node_id), "no known address for this peer")
+        backoff = self._backoff.get(node_id) if node_id else None
+        now = trio.current_time()
+        if backoff is not None and now < backoff.retry_at:
+            raise DialError(
+                str(node_id),
+                f"backing off {backoff.retry_at - now:.1f}s after {backoff.failures} failed dials",
+            )
+        errors: list[str] = []
+        for address in self._by_preference(addresses):
+            try:
+                conn = await self._dial_address(address, node_id)
+            except (DialError, ProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                if isinstance(exc, DialError):
+                    errors.append(str(exc))
+                elif isinstance(exc, trio.TooSlowError):
+                    errors.append(f"{address}: handshake timed out")
+                else:
+                    errors.append(f"{address}: {exc}")
+                continue
+            if node_id is not None:
+                self._backoff.pop(node_id, None)
+            return conn
+        if node_id is not None:
+            entry = self._backoff.setdefault(node_id, _Backoff())
+            entry.failures += 1
+            delay = min(BACKOFF_INITIAL * 2 ** (entry.failures - 1), BACKOFF_MAX)
+            entry.retry_at = trio.current_time() + delay * (0.75 + self._random.random() / 2)
+        raise DialError(str(node_id or target.address), "; ".join(errors) or "no usable address")
+
+    async def _dial_address(self, text: str, node_id: NodeId | None) -> Connection:
+        address = parse_address(text)
+        with trio.fail_after(self.settings.handshake_timeout):
+            stream = await self.transports.dial(address)
+            try:
+                channel = await secure_dial(
+                    stream, self.identity, self.hello(), expected_peer=node_id
+                )
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+        conn = self._connection(channel, outbound=True, address=str(address))
+        assert self._nursery is not None, "the connection manager is not running"
+        await self._nursery.start(self._run_connection_task, conn, address.host)
+        return self.connections.get(conn.peer_id, conn)
+
+    def _by_preference(self, addresses: Iterable[str]) -> list[str]:
+        order = {scheme: i for i, scheme in enumerate(self.settings.transports)}
+        usable = [a for a in addresses if a.partition("://")[0] in self.transports]
+        return sorted(usable, key=lambda a: order.get(a.partition("://")[0], math.inf))
+
+    # -- connection lifetime ----------------------------------------------------------------
+
+    def _connection(self, channel: Any, *, outbound: bool, address: str) -> Connection:
+        return Connection(
+            channel,
+            outbound=outbound,
+            address=address,
+            router=self.router,
+            limits=self.limits,
+            peer_list=self.peer_list,
+        )
+
+    async def _run_connection_task(
+        self, conn: Connection, remote_host: str | None, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        await self._run_connection(conn, remote_host, task_status=task_status)
+
+    async def _run_connection(
+        self,
+        conn: Connection,
+        remote_host: str | None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._all.add(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(conn.run)
+                self._adopt(conn, remote_host)
+                log.info(
+                    "connected to %s (%s, %s)",
+                    conn.peer_id.short(),
+                    "outbound" if conn.outbound else "inbound",
+                    conn.address,
+                )
+                task_status.started()
+        finally:
+            self._all.discard(conn)
+            if self.connections.get(conn.peer_id) is conn:
+                del self.connections[conn.peer_id]
+                log.info("disconnected from %s: %s", conn.peer_id.short(), conn.close_reason)
+
+    def _adopt(self, conn: Connection, remote_host: str | None) -> None:
+        advertised = [_substitute_host(a, remote_host) for a in conn.peer_listen]
+        if advertised:
+            self.book[conn.peer_id] = list(dict.fromkeys(advertised))
+        existing = self.connections.get(conn.peer_id)
+        if existing is None or existing.closed.is_set():
+            self.connections[conn.peer_id] = conn
+            return
+        keep, drop = self._tie_break(existing, conn)
+        self.connections[conn.peer_id] = keep
+        assert self._nursery is not None
+        self._nursery.start_soon(self._drain, drop, "duplicate connection")
+
+    def _tie_break(self, a: Connection, b: Connection) -> tuple[Connection, Connection]:
+        """Keep the connection whose dialer has the smaller id; both ends agree without talking."""
+
+        def dialer(c: Connection) -> NodeId:
+            return self.node_id if c.outbound else c.peer_id
+
+        if dialer(a) == dialer(b):  # the same side dialed twice: the newer one wins
+            return b, a
+        return (a, b) if dialer(a) < dialer(b) else (b, a)
+
+    async def _drain(self, conn: Connection, reason: str) -> None:
+        try:
+            await conn.go_away(reason)
+        except ConnectionClosed:
+            return
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            await conn.wait_idle()
+        await conn.close(reason)
+
+    # -- bootstrap, discovery, keepalive ------------------------------------------------------
+
+    async def _bootstrap_loop(self) -> None:
+        while True:
+            for peer in self.bootstrap:
+                if peer.node_id is not None and self._usable(peer.node_id):
+                    continue
+                try:
+                    conn = await self.connect(peer)
+                except (DialError, ZeoneError) as exc:
+                    log.debug("bootstrap peer %s unreachable: %s", peer, exc)
+                    continue
+                self._nursery.start_soon(self._discover_from, conn)
+            # Alone, retry soon (dial backoff still spaces real attempts); else just check in.
+            await trio.sleep(BOOTSTRAP_INTERVAL if self.connections else BOOTSTRAP_RETRY)
+
+    async def _discover_from(self, conn: Connection) -> None:
+        try:
+            entries = await conn.discover(DISCOVER_LIMIT)
+        except (RequestTimeout, ConnectionClosed):
+            return
+        for raw_id, addresses in entries:
+            node_id = NodeId(raw_id)
+            if node_id == self.node_id:
+                continue
+            known = self.book.setdefault(node_id, [])
+            known.extend(a for a in addresses if a not in known)
+            if len(self.connections) < TARGET_PEERS and not self._usable(node_id):
+                self._nursery.start_soon(self._try_connect, node_id)
+
+    async def _try_connect(self, node_id: NodeId) -> None:
+        try:
+            await self.connect(node_id)
+        except (DialError, ZeoneError) as exc:
+            log.debug("could not reach discovered peer %s: %s", node_id.short(), exc)
+
+    def peer_list(self, limit: int, asking: NodeId) -> list[Any]:
+        """Answer to DISCOVER: connected peers that can be dialed (never the asker)."""
+        entries = []
+        for node_id, conn in self.connections.items():
+            if node_id == asking or conn.draining:
+                continue
+            addresses = self.book.get(node_id, [])[:16]
+            if addresses:
+                entries.append([node_id.raw, addresses])
+            if len(entries) >= limit:
+                break
+        return entries
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await trio.sleep(MAINTENANCE_INTERVAL)
+            now = trio.current_time()
+            bootstrap_ids = {p.node_id for p in self.bootstrap}
+            async with trio.open_nursery() as nursery:
+                for conn in list(self.connections.values()):
+                    idle = now - conn.last_activity
+                    if (
+                        idle > self.settings.idle_timeout
+                        and not conn.busy
+                        and conn.peer_id not in bootstrap_ids
+                    ):
+                        nursery.start_soon(self._drain, conn, "idle")
+                    elif idle > KEEPALIVE_INTERVAL:
+                        nursery.start_soon(self._keepalive, conn)
+
+    async def _keepalive(self, conn: Connection) -> None:
+        try:
+            await conn.ping(timeout=self.settings.handshake_timeout)
+        except RequestTimeout:
+            log.info("peer %s stopped answering pings; closing", conn.peer_id.short())
+            await conn.close("keepalive timeout")
+        except ConnectionClosed:
+            pass
+
+    # -- RPC --------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        peer: NodeId | PeerAddress | str,
+        protocol: str,
+        body: Any = None,
+        *,
+        timeout: float = 10.0,
+    ) -> Any:
+        """Send ``body`` to ``peer``'s handler for ``protocol`` and return its answer.
+
+        Raises RemoteError (the handler's error), RequestTimeout, DialError or ConnectionClosed.
+        The timeout covers dialing too.
+        """
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline) as scope:
+            conn = await self.connect(peer)
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"could not reach {peer} within {timeout}s")
+        return await conn.request(
+            protocol, body, timeout=max(deadline - trio.current_time(), 0.001)
+        )
+
+    async def ping(
+        self, peer: NodeId | PeerAddress | str, *, timeout: float = 10.0
+    ) -> tuple[NodeId, float]:
+        conn = await self.connect(peer)
+        return conn.peer_id, await conn.ping(timeout=timeout)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [conn.snapshot() for conn in self.connections.values()]
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "connections": len(self._all),
+            "peers": len(self.connections),
+            "listen": list(self.listen_addresses),
+            "known_peers": len(self.book),
+            "handshake_failures": self.handshake_failures,
+            "refused": self.refused,
+            "dials_backing_off": sum(
+                1 for b in self._backoff.values() if b.retry_at > trio.current_time()
+            ),
+        }
+
+
+def _remote_host(stream: trio.abc.Stream) -> str | None:
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return getattr(stream, "remote_name", None)
+    try:
+        return str(socket.getpeername()[0])
+    except OSError:
+        return None
+
+
+def _substitute_host(text: str, remote_host: str | None) -> str:
+    """A peer listening on 0.0.0.0 is reachable at the address we see it connect from."""
+    try:
+        address = parse_address(text)
+    except ValueError:
+        return text
+    if address.host in UNSPECIFIED_HOSTS and remote_host and address.port is not None:
+        return str(Address.build(address.scheme, remote_host, address.port))
+    return text
+
+
+__all__ = ["ConnectionManager", "PeerAddress"]
