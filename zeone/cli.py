@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,15 @@ def print_rows(title: str, rows: list[dict[str, Any]], columns: Sequence[str]) -
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     console.print(table)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
 
 
 def _cell(value: Any) -> str:
@@ -347,7 +357,11 @@ def peers(state: CliState, as_json: bool) -> None:
     if not rows:
         console.print("no connected peers")
         return
-    print_rows("peers", rows, list(rows[0].keys()))
+    now = time.time()
+    for row in rows:
+        row["age"] = _age(now - row["since"])
+        row["requests"] = f"{row['requests_in']} in / {row['requests_out']} out"
+    print_rows("peers", rows, ["node_id", "address", "direction", "rtt_ms", "age", "requests"])
 
 
 @cli.command()
@@ -374,6 +388,37 @@ def plugins(state: CliState, as_json: bool) -> None:
             err_console.print(
                 f"[red]plugin {row['name']!r} is broken:[/] {row['error']}", highlight=False
             )
+
+
+@cli.command()
+@click.argument("peer")
+@click.option("--count", "-c", default=1, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@click.pass_obj
+def ping(state: CliState, peer: str, count: int, as_json: bool) -> None:
+    """Ping PEER (a node id, or <node id>@<address>) through the running node."""
+    client = state.client()
+    results = []
+    for _ in range(count):
+        answer = client.post_json("/peers/ping", {"peer": peer})
+        results.append(answer)
+        if not as_json:
+            console.print(f"{answer['node_id'][:8]}: rtt {answer['rtt_ms']:.2f} ms")
+    if as_json:
+        print_json(results if count > 1 else results[0])
+
+
+@cli.command()
+@click.argument("peer")
+@json_option
+@click.pass_obj
+def connect(state: CliState, peer: str, as_json: bool) -> None:
+    """Connect the running node to PEER (<node id>@<address>, or an address to learn its id)."""
+    answer = state.client().post_json("/peers/connect", {"peer": peer})
+    if as_json:
+        print_json(answer)
+    else:
+        console.print(f"connected to {answer['node_id']} at {answer['address']}")
 
 
 # -- devnet --------------------------------------------------------------------------------------

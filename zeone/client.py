@@ -67,8 +67,8 @@ class ApiClient:
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 raise ZeoneError(f"the node at {self.url} rejected the API token") from None
-            detail = _error_detail(exc)
-            raise ZeoneError(f"{path}: HTTP {exc.code} {exc.reason}{detail}") from None
+            detail = _error_detail(exc) or f"HTTP {exc.code} {exc.reason}"
+            raise ZeoneError(detail) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiUnavailable(f"no node is running at {self.url} ({reason})") from None
@@ -80,4 +80,4 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
         body = json.loads(exc.read(4096))
     except (ValueError, OSError):
         return ""
-    return f": {body['error']}" if isinstance(body, dict) and "error" in body else ""
+    return str(body["error"]) if isinstance(body, dict) and "error" in body else ""

@@ -31,12 +31,14 @@ from zeone.identity import Identity, NodeId
 from zeone.net.manager import ConnectionManager
 from zeone.net.transport import TcpTransport, Transport, TransportRegistry
 from zeone.plugins import KERNEL_API_VERSION, Catalog, LoadedPlugin, PluginHost, plugin_table
+from zeone.replay import ReplayGuard
 from zeone.rpc import Handler, Router
 from zeone.services import FatalServiceError, Service, Supervised, supervise
 
 log = logging.getLogger(__name__)
 
 RUNTIME_FILE = "node.json"
+REPLAY_DB = "replay.sqlite3"
 
 
 class Node:
@@ -75,7 +77,11 @@ class Node:
         self._started_at: float | None = None
         self._register_everything()
         self.network = ConnectionManager(
-            self.identity, config.network, self.router, self.transports
+            self.identity,
+            config.network,
+            self.router,
+            self.transports,
+            replay=ReplayGuard(config.data_dir / REPLAY_DB),
         )
 
     # -- identity and config ----------------------------------------------------------------

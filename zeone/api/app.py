@@ -17,6 +17,8 @@ from starlette.routing import Route
 
 from zeone.api.auth import BearerAuth
 from zeone.config import parse_host_port
+from zeone.errors import ZeoneError
+from zeone.net.manager import PeerAddress
 
 if TYPE_CHECKING:
     from zeone.node import Node
@@ -34,12 +36,37 @@ def build_app(node: Node, token: str) -> BearerAuth:
     async def plugins(_request: Request) -> Response:
         return JSONResponse({"plugins": node.plugin_rows()})
 
+    async def peer_action(request: Request) -> Response:
+        """POST /peers/ping and /peers/connect with ``{"peer": "<id> | <id>@<addr> | <addr>"}``."""
+        try:
+            body = await request.json()
+            peer = body["peer"]
+            if not isinstance(peer, str):
+                raise TypeError
+            target = PeerAddress.parse(peer)
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse(
+                {"error": 'send {"peer": "<node id> or <node id>@<address>"}'},
+                status_code=400,
+            )
+        try:
+            with trio.fail_after(node.config.network.handshake_timeout + 5):
+                if request.url.path.endswith("/ping"):
+                    node_id, rtt = await node.rpc.ping(target)
+                    return JSONResponse({"node_id": str(node_id), "rtt_ms": rtt * 1000})
+                conn = await node.network.connect(target)
+                return JSONResponse(conn.snapshot())
+        except (ZeoneError, OSError, trio.TooSlowError) as exc:
+            return JSONResponse({"error": str(exc) or "timed out"}, status_code=502)
+
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(node.metrics), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
         Route("/status", status),
         Route("/peers", peers),
+        Route("/peers/ping", peer_action, methods=["POST"]),
+        Route("/peers/connect", peer_action, methods=["POST"]),
         Route("/plugins", plugins),
         Route("/metrics", metrics),
     ]

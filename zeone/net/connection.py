@@ -22,6 +22,7 @@ import trio
 from zeone.errors import ProtocolError, ZeoneError
 from zeone.identity import NodeId
 from zeone.net.noise import SecureChannel
+from zeone.replay import ReplayGuard, ReplayRejected
 from zeone.rpc import RemoteError, Request, RequestTimeout, Router
 from zeone.wire.frame import Frame, FrameDecoder, MessageType, encode_frame
 from zeone.wire.messages import (
@@ -78,6 +79,7 @@ class ConnectionStats:
     requests_in: int = 0
     requests_out: int = 0
     refused: int = 0
+    replays: int = 0
     rtt: float | None = None
 
 
@@ -100,6 +102,7 @@ class Connection:
         router: Router,
         limits: ConnectionLimits,
         peer_list: Callable[[int, NodeId], list[Any]] | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self.channel = channel
         self.outbound = outbound
@@ -107,6 +110,7 @@ class Connection:
         self.router = router
         self.limits = limits
         self.peer_list = peer_list
+        self.replay = replay
         self.peer_id: NodeId = channel.peer_id
         self.opened_at = time.time()
         self.last_activity = trio.current_time()
@@ -202,8 +206,7 @@ class Connection:
         elif kind == MessageType.SERVICE_RESPONSE:
             self._on_response(ServiceResponse.from_wire(frame.payload))
         elif kind == MessageType.PING:
-            ping = Ping.from_wire(frame.payload)
-            await self._send(Pong(ping.nonce, ping.timestamp))
+            await self._on_ping(Ping.from_wire(frame.payload))
         elif kind == MessageType.PONG:
             pong = Pong.from_wire(frame.payload)
             waiter = self._pings.pop(pong.nonce, None)
@@ -223,6 +226,20 @@ class Connection:
             self.draining = True
         else:
             raise ProtocolError(f"unexpected {kind.name} frame on an RPC connection")
+
+    async def _on_ping(self, ping: Ping) -> None:
+        """Answer a PING unless it is replayed, stale or over the rate (silently dropped)."""
+        if not self._bucket.take():
+            self.stats.refused += 1
+            return
+        if self.replay is not None:
+            try:
+                self.replay.check(self.peer_id.raw, ping.nonce, ping.timestamp / 1000)
+            except ReplayRejected as exc:
+                self.stats.replays += 1
+                log.info("dropped PING from %s: %s", self.peer_id.short(), exc)
+                return
+        await self._send(Pong(ping.nonce, ping.timestamp))
 
     # -- inbound requests -------------------------------------------------------------------
 
@@ -309,7 +326,7 @@ class Connection:
 
     async def ping(self, *, timeout: float = 10.0) -> float:
         """Round-trip time in seconds."""
-        nonce = os.urandom(8)
+        nonce = os.urandom(16)
         waiter = _Pending()
         self._pings[nonce] = waiter
         started = trio.current_time()

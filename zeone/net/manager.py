@@ -24,6 +24,7 @@ from zeone.identity import Identity, NodeId
 from zeone.net.connection import Connection, ConnectionClosed, ConnectionLimits
 from zeone.net.noise import Hello, secure_accept, secure_dial
 from zeone.net.transport import Address, DialError, TransportRegistry, parse_address
+from zeone.replay import ReplayGuard
 from zeone.rpc import RequestTimeout, Router
 from zeone.wire.frame import WIRE_VERSION
 
@@ -44,7 +45,8 @@ UNSPECIFIED_HOSTS = {"0.0.0.0", "::", ""}
 
 @attrs.frozen
 class PeerAddress:
-    """``<node id>@<address>``; the id may be omitted (then it is learned, not verified)."""
+    """``<node id>@<address>``, a bare ``<node id>`` (address from the address book), or a bare
+    ``<address>`` (the id is then learned, not verified)."""
 
     address: str
     node_id: NodeId | None = None
@@ -57,7 +59,12 @@ class PeerAddress:
         elif "://" in text:
             node_id, address = None, text
         else:
-            raise ValueError(f"expected <node id>@<address> or <address>, got {text!r}")
+            try:
+                return cls("", NodeId.parse(text))
+            except ValueError:
+                raise ValueError(
+                    f"expected <node id>, <node id>@<address> or <address>, got {text!r}"
+                ) from None
         parse_address(address)
         return cls(address, node_id)
 
@@ -82,12 +89,14 @@ class ConnectionManager:
         settings: NetworkSection,
         router: Router,
         transports: TransportRegistry,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self.identity = identity
         self.node_id = identity.node_id
         self.settings = settings
         self.router = router
         self.transports = transports
+        self.replay = replay
         self.limits = ConnectionLimits(
             max_frame_size=settings.max_frame_size,
             max_inflight=settings.max_streams_per_peer,
@@ -113,6 +122,13 @@ class ConnectionManager:
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            if self.replay is not None:
+                self.replay.close()
+
+    async def _run(self, task_status: trio.TaskStatus[list[str]]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for text in self.settings.listen:
@@ -252,6 +268,7 @@ class ConnectionManager:
             router=self.router,
             limits=self.limits,
             peer_list=self.peer_list,
+            replay=self.replay,
         )
 
     async def _run_connection_task(
