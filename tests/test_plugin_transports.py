@@ -74,7 +74,7 @@ async def test_nodes_talk_over_a_plugin_transport(tmp_path, autojump_clock) -> N
             for i in range(2)
         ]
         assert b.network.listen_addresses == ["counted://n1"]
-        peer, rtt = await a.rpc.ping(b.node_id)
+        peer, _rtt = await a.rpc.ping(b.node_id)
         assert peer == b.node_id
         assert sum(t.dials for t in plugin.transports) == 1
         assert a.peers()[0]["address"] == "counted://n1"
