@@ -89,5 +89,8 @@ def test_a_scheme_registered_twice_is_refused_naming_the_plugin(tmp_path) -> Non
 
     catalog = Catalog.discover(entry_points=False, extra=[Twice(MemoryNetwork())])
     config = make_config(tmp_path, enable=["counted"], catalog=catalog)
-    with pytest.raises(PluginError, match="plugin 'counted': scheme 'counted' is already handled"):
+    with pytest.raises(
+        PluginError,
+        match="transport scheme 'counted' is already registered by plugin 'counted'",
+    ):
         Node(config, catalog=catalog, identity=Identity.generate())

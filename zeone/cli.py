@@ -2,7 +2,8 @@
 
 click, so that plugins add subcommands through ``zeone_register_commands`` the way datasette and
 llm plugins do. Installed plugins are discovered once at start-up; a plugin that fails to import or
-to register its commands is reported by name on stderr and the rest of the CLI works.
+to register its commands loses its commands (with a warning naming it) and the rest of the CLI
+works; ``zeone plugins`` lists broken plugins with the reason, and enabling one is a clear error.
 """
 
 from __future__ import annotations
@@ -265,6 +266,7 @@ def init(
     if api_bind:
         settings["api.bind"] = api_bind
     if state.enable:
+        state.catalog.resolve(state.enable)  # unknown or broken plugins: a clear error now
         settings["plugins.enable"] = state.enable
     result = init_node_dir(
         directory.expanduser(), role=role, catalog=state.catalog, settings=settings, force=force
@@ -372,7 +374,7 @@ def plugins(state: CliState, as_json: bool) -> None:
     source = "running node"
     try:
         rows = state.client().get_json("/plugins")["plugins"]
-    except (ApiUnavailable, ZeoneError) as exc:
+    except ApiUnavailable as exc:
         source = "installed; no running node"
         log.debug("no running node: %s", exc)
         rows = plugin_table(state.catalog)

@@ -58,13 +58,44 @@ class NodeSection:
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
 
 
+def _each(check):
+    """An attrs validator applying ``check`` to every item, naming the field and the item."""
+
+    def validate(_instance: Any, attribute: attrs.Attribute, value: list[Any]) -> None:
+        for index, item in enumerate(value):
+            try:
+                check(item)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"'{attribute.name}' item {index} ({item!r}): {exc}") from None
+
+    return validate
+
+
+def _check_address(text: Any) -> None:
+    from zeone.net.transport import parse_address
+
+    if not isinstance(text, str):
+        raise TypeError("expected an address string")
+    parse_address(text)
+
+
+def _check_peer(text: Any) -> None:
+    from zeone.net.peers import PeerAddress
+
+    if not isinstance(text, str):
+        raise TypeError("expected <node id>@<address>")
+    PeerAddress.parse(text)
+
+
 @attrs.frozen
 class NetworkSection:
     """``[network]``: where the node listens, whom it dials first, and the limits it enforces."""
 
-    listen: list[str] = attrs.Factory(lambda: [f"tcp://0.0.0.0:{DEFAULT_PORT}"])
+    listen: list[str] = attrs.field(
+        factory=lambda: [f"tcp://0.0.0.0:{DEFAULT_PORT}"], validator=_each(_check_address)
+    )
     #: Seed peers as ``<node id>@<address>``, e.g. ``3f...9a@tcp://198.51.100.7:4001``.
-    bootstrap: list[str] = attrs.Factory(list)
+    bootstrap: list[str] = attrs.field(factory=list, validator=_each(_check_peer))
     #: Transport schemes in order of preference when a peer advertises several addresses.
     transports: list[str] = attrs.Factory(lambda: ["tcp"])
     max_connections: int = attrs.field(default=512, validator=_positive)
@@ -251,9 +282,8 @@ def structure(data: Any, cls: type, *, prefix: str = "", sources: Mapping[str, s
     try:
         return _converter.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        raise ConfigError(
-            _format_problems(describe_structure_error(exc, prefix), sources)
-        ) from None
+        problems = describe_structure_error(exc, prefix)
+        raise ConfigError(_format_problems(problems, sources), problems) from None
 
 
 def _format_problems(problems: Iterable[tuple[str, str]], sources: Mapping[str, str] | None) -> str:
@@ -466,11 +496,17 @@ def build_config(
         try:
             settings[name] = structure(table, schema, prefix=f"plugins.{name}", sources=sources)
         except ConfigError as exc:
-            problems.extend(_problems_from(exc))
+            problems.extend(exc.problems)
     if plugin_schemas is not None:
-        for name, schema in plugin_schemas.items():
+        # Enabled plugins without a table get their defaults (or a clear error for a setting
+        # that has none); settings of plugins that are not enabled are not needed.
+        for name in kernel.plugins.enable:
+            schema = plugin_schemas.get(name)
             if name not in settings and schema is not None:
-                settings.setdefault(name, schema())
+                try:
+                    settings[name] = structure({}, schema, prefix=f"plugins.{name}")
+                except ConfigError as exc:
+                    problems.extend(exc.problems)
     if problems:
         raise ConfigError(_format_problems(problems, sources))
     return Config(
@@ -481,17 +517,6 @@ def build_config(
         path=path,
         sources=sources,
     )
-
-
-def _problems_from(exc: ConfigError) -> list[tuple[str, str]]:
-    # Re-parse our own formatting so plugin problems join the same single message.
-    body = str(exc).split("\n  ")[1:]
-    out = []
-    for line in body:
-        _where, _, rest = line.partition(": ")
-        key, _, message = rest.partition(": ")
-        out.append((key, message))
-    return out
 
 
 @attrs.frozen
@@ -508,7 +533,14 @@ class _KernelSections:
 
 
 def dump_toml(config: Config) -> str:
-    return tomli_w.dumps(config.to_dict())
+    # TOML has no null: an unset optional setting is left out and loads back as its default.
+    return tomli_w.dumps(_without_none(config.to_dict()))
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def unstructure(value: Any) -> Any:

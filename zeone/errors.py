@@ -14,9 +14,17 @@ class ZeoneError(Exception):
 
 
 class ConfigError(ZeoneError):
-    """The configuration (file, environment or flags) is invalid."""
+    """The configuration (file, environment or flags) is invalid.
+
+    ``problems`` lists ``(dotted key, message)`` pairs when the error came from validation, so
+    callers can merge several validations into one report.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class IdentityError(ZeoneError):

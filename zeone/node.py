@@ -75,7 +75,7 @@ class Node:
         self.stopping = trio.Event()
         self._fatal: BaseException | None = None
         self._started_at: float | None = None
-        self._register_everything()
+        # Created before plugins register, so registration hooks may keep a reference to it.
         self.network = ConnectionManager(
             self.identity,
             config.network,
@@ -83,6 +83,8 @@ class Node:
             self.transports,
             replay=ReplayGuard(config.data_dir / REPLAY_DB),
         )
+        self._transport_owners: dict[str, str] = {t: "core" for t in self.transports.schemes()}
+        self._register_everything()
 
     # -- identity and config ----------------------------------------------------------------
 
@@ -92,12 +94,7 @@ class Node:
 
     def plugin_config(self, name: str) -> Any:
         """The validated ``[plugins.<name>]`` settings: an instance of the plugin's config class."""
-        settings = self.config.plugin_settings(name)
-        if settings is None:
-            plugin = self.catalog.plugins.get(name)
-            schema = plugin.info.config if plugin and plugin.info else None
-            settings = schema() if schema is not None else None
-        return settings
+        return self.config.plugin_settings(name)
 
     # -- registration (synchronous, at construction) ---------------------------------------
 
@@ -127,10 +124,17 @@ class Node:
         ).set_function(self.uptime)
 
     def _add_transport(self, plugin: LoadedPlugin, transport: Transport) -> None:
+        owner = self._transport_owners.get(getattr(transport, "scheme", "").lower())
+        if owner is not None:
+            raise PluginError(
+                f"plugin {plugin.name!r}: transport scheme {transport.scheme!r} is already "
+                f"registered by plugin {owner!r}"
+            )
         try:
             self.transports.register(transport)
         except ValueError as exc:
             raise PluginError(f"plugin {plugin.name!r}: {exc}") from None
+        self._transport_owners[transport.scheme.lower()] = plugin.name
 
     def _add_protocol(self, plugin: LoadedPlugin, protocol: str, handler: Handler) -> None:
         try:
@@ -243,7 +247,12 @@ class Node:
     def _write_runtime_file(self) -> None:
         if not self.write_runtime_file:
             return
-        data = {"pid": os.getpid(), "node_id": str(self.node_id), "api_url": self.api_url}
+        data = {
+            "pid": os.getpid(),
+            "node_id": str(self.node_id),
+            "api_url": self.api_url,
+            "listen": list(self.network.listen_addresses),
+        }
         tmp = self.runtime_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.runtime_file)
@@ -266,7 +275,7 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         sections: dict[str, Any] = {}
-        for plugin, section in self.plugins.call("zeone_node_status", node=self):
+        for plugin, section in self.plugins.call("zeone_node_status", node=self, isolate=True):
             sections[plugin.name] = section
         return {
             "node_id": str(self.node_id),

@@ -269,10 +269,15 @@ class PluginHost:
         index = self._index.get(name)
         return None if index is None else self.plugins[index]
 
-    def call(self, hook: str, **kwargs: Any) -> list[tuple[LoadedPlugin, Any]]:
+    def call(
+        self, hook: str, *, isolate: bool = False, **kwargs: Any
+    ) -> list[tuple[LoadedPlugin, Any]]:
         """Call ``hook`` on each plugin in start order; a failure names the plugin.
 
         Implementations receive only the arguments they declare. Results of None are skipped.
+        With ``isolate``, a failing implementation is logged and contributes
+        ``{"error": "..."}`` instead of failing the whole call (for read-only hooks such as
+        status, where one broken plugin must not hide everyone else's answer).
         """
         results = []
         for impl in self._impls(hook):
@@ -282,6 +287,10 @@ class PluginHost:
             except PluginError:
                 raise
             except Exception as exc:
+                if isolate:
+                    log.error("plugin %r failed in %s()", plugin.name, hook, exc_info=exc)
+                    results.append((plugin, {"error": f"{type(exc).__name__}: {exc}"}))
+                    continue
                 raise PluginError(f"plugin {plugin.name!r} failed in {hook}(): {exc!r}") from exc
             if result is not None:
                 results.append((plugin, result))

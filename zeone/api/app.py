@@ -18,7 +18,7 @@ from starlette.routing import Route
 from zeone.api.auth import BearerAuth
 from zeone.config import parse_host_port
 from zeone.errors import ZeoneError
-from zeone.net.manager import PeerAddress
+from zeone.net.peers import PeerAddress
 
 if TYPE_CHECKING:
     from zeone.node import Node

@@ -23,6 +23,7 @@ from zeone.errors import ProtocolError, ZeoneError
 from zeone.identity import Identity, NodeId
 from zeone.net.connection import Connection, ConnectionClosed, ConnectionLimits
 from zeone.net.noise import Hello, secure_accept, secure_dial
+from zeone.net.peers import PeerAddress
 from zeone.net.transport import Address, DialError, TransportRegistry, parse_address
 from zeone.replay import ReplayGuard
 from zeone.rpc import RequestTimeout, Router
@@ -41,35 +42,6 @@ DRAIN_TIMEOUT = 10.0
 DISCOVER_LIMIT = 32
 TARGET_PEERS = 16
 UNSPECIFIED_HOSTS = {"0.0.0.0", "::", ""}
-
-
-@attrs.frozen
-class PeerAddress:
-    """``<node id>@<address>``, a bare ``<node id>`` (address from the address book), or a bare
-    ``<address>`` (the id is then learned, not verified)."""
-
-    address: str
-    node_id: NodeId | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> PeerAddress:
-        node_part, sep, address = text.rpartition("@")
-        if sep and node_part:
-            node_id = NodeId.parse(node_part)
-        elif "://" in text:
-            node_id, address = None, text
-        else:
-            try:
-                return cls("", NodeId.parse(text))
-            except ValueError:
-                raise ValueError(
-                    f"expected <node id>, <node id>@<address> or <address>, got {text!r}"
-                ) from None
-        parse_address(address)
-        return cls(address, node_id)
-
-    def __str__(self) -> str:
-        return f"{self.node_id}@{self.address}" if self.node_id else self.address
 
 
 @attrs.define
@@ -155,16 +127,16 @@ class ConnectionManager:
             self.refused += 1
             log.debug("refusing inbound connection: %d connections open", len(self._all))
             return
-        remote = _remote_host(stream)
+        remote, display = _remote(stream)
         try:
             with trio.fail_after(self.settings.handshake_timeout):
                 channel = await secure_accept(stream, self.identity, self.hello())
         except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.handshake_failures += 1
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            log.info("inbound handshake from %s failed: %s", remote or "?", reason)
+            log.info("inbound handshake from %s failed: %s", display, reason)
             return
-        conn = self._connection(channel, outbound=False, address=remote or "?")
+        conn = self._connection(channel, outbound=False, address=display)
         await self._run_connection(conn, remote)
 
     # -- dialing ----------------------------------------------------------------------------
@@ -457,14 +429,17 @@ class ConnectionManager:
         }
 
 
-def _remote_host(stream: trio.abc.Stream) -> str | None:
+def _remote(stream: trio.abc.Stream) -> tuple[str | None, str]:
+    """The remote host (for address substitution) and a display address of an accepted stream."""
     socket = getattr(stream, "socket", None)
     if socket is None:
-        return getattr(stream, "remote_name", None)
+        name = getattr(stream, "remote_name", None)
+        return name, f"memory://{name}" if name else "?"
     try:
-        return str(socket.getpeername()[0])
+        host, port = socket.getpeername()[:2]
     except OSError:
-        return None
+        return None, "?"
+    return str(host), f"tcp://[{host}]:{port}" if ":" in str(host) else f"tcp://{host}:{port}"
 
 
 def _substitute_host(text: str, remote_host: str | None) -> str:
