@@ -7,9 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import tomli_w
 
-from zeone.config import CONFIG_FILE_NAME, Config, Layer, NodeSection, build_config, merge_layers
+from zeone.config import (
+    CONFIG_FILE_NAME,
+    Config,
+    Layer,
+    NodeSection,
+    build_config,
+    dump_toml,
+    merge_layers,
+)
 from zeone.errors import ConfigError
 from zeone.identity import Identity
 from zeone.plugins import Catalog
@@ -56,7 +63,7 @@ def init_node_dir(
     text = (
         "# ZEONE node configuration, written by `zeone init`.\n"
         "# Every key is shown with its value; see `zeone config show` for where values come from.\n"
-        + tomli_w.dumps(config.to_dict())
+        + dump_toml(config)
     )
     tmp = config_path.with_suffix(".tmp")
     tmp.write_text(text)
