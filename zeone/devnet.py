@@ -8,8 +8,6 @@ graceful shutdown, and reports how each one exited.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import signal
@@ -100,27 +98,30 @@ class Devnet:
             seed = seed or member
 
     async def run(self, duration: float | None = None) -> int:
-        """Start every node, show the live table, stop them all; returns an exit code."""
-        async with trio.open_nursery() as nursery:
-            for member in self.members:
-                await self._start(member)
-                if member.index == 0:
-                    await self._wait_ready(member)
-            nursery.start_soon(self._poll)
-            with Live(self._table(), console=self.console, refresh_per_second=2) as live:
-                try:
-                    with trio.move_on_after(math.inf if duration is None else duration):
-                        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                            async with trio.open_nursery() as inner:
-                                inner.start_soon(self._refresh, live)
-                                async for _ in signals:
-                                    break
-                                inner.cancel_scope.cancel()
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await self._stop_all()
-                    live.update(self._table())
-            nursery.cancel_scope.cancel()
+        """Start every node, show the live table, stop them all; returns an exit code.
+
+        Signals are caught before the first process starts, so Ctrl-C at any moment -- even while
+        nodes are still starting -- stops every node that was started.
+        """
+        with (
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+            Live(self._table(), console=self.console, refresh_per_second=2) as live,
+        ):
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._until_signal, signals, nursery.cancel_scope)
+                    if duration is not None:
+                        nursery.cancel_scope.deadline = trio.current_time() + duration
+                    for member in self.members:
+                        await self._start(member)
+                        if member.index == 0:
+                            await self._wait_ready(member)
+                    nursery.start_soon(self._poll)
+                    nursery.start_soon(self._refresh, live)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop_all()
+                live.update(self._table())
         failed = [m for m in self.members if m.process and m.process.returncode not in (0, None)]
         for member in failed:
             self.console.print(
@@ -128,6 +129,12 @@ class Devnet:
                 f"see {member.directory / 'node.log'}"
             )
         return 1 if failed else 0
+
+    @staticmethod
+    async def _until_signal(signals: Any, scope: trio.CancelScope) -> None:
+        async for _ in signals:
+            scope.cancel()
+            return
 
     async def _start(self, member: DevnetNode) -> None:
         log_file = (member.directory / "node.log").open("ab")
@@ -215,7 +222,3 @@ class Devnet:
                 member.error = "killed (did not stop in time)"
             else:
                 member.error = f"stopped ({member.process.returncode})"
-
-
-def devnet_summary(net: Devnet) -> str:
-    return json.dumps([{"name": m.name, "id": m.node_id} for m in net.members])

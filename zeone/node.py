@@ -55,11 +55,12 @@ class Node:
         write_runtime_file: bool = True,
     ) -> None:
         self.config = config
-        self.identity = identity if identity is not None else Identity.load(config.key_file)
         self.catalog = catalog if catalog is not None else Catalog.discover()
         self.handle_signals = handle_signals
         self.write_runtime_file = write_runtime_file
         self.plugins = PluginHost(self.catalog, config.plugins.enable)
+        # After the plugins: `zeone --enable typo` says so before asking for `zeone init`.
+        self.identity = identity if identity is not None else Identity.load(config.key_file)
         self.router = Router()
         self.routes = RouteTable()
         self.metrics = CollectorRegistry(auto_describe=True)
