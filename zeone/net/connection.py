@@ -151,7 +151,7 @@ class Connection:
             await self._idle.park()
 
     def _maybe_idle(self) -> None:
-        if not self.busy:
+        if self._idle and not self.busy:
             self._idle.unpark_all()
 
     # -- running ----------------------------------------------------------------------------

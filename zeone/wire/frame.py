@@ -20,7 +20,7 @@ import gc
 import io
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, NoReturn
 
 import attrs
@@ -44,6 +44,7 @@ MAX_NESTING_DEPTH = 32
 """Deepest allowed CBOR nesting: the number of containers around the innermost item."""
 
 _U32_MAX = 0xFFFFFFFF
+_GC_PAUSE_OVER = 16 * 1024
 _INT_MIN = -(2**64)  # CBOR major type 1 reaches -2**64; anything beyond needs a bignum tag
 _INT_MAX = 2**64 - 1
 
@@ -141,7 +142,8 @@ def decode_cbor(data: bytes, *, max_depth: int = MAX_NESTING_DEPTH) -> Any:
     indefinite lengths, duplicate or non-str/bytes map keys, nesting deeper than `max_depth`.
     """
     stream = io.BytesIO(data)
-    with _gc_paused():
+    # Small payloads cannot allocate enough containers for the GC to matter; skip the toggling.
+    with _gc_paused() if len(data) > _GC_PAUSE_OVER else nullcontext():
         try:
             value = cbor2.CBORDecoder(
                 stream,

@@ -7,6 +7,7 @@ the connection code only ever sees well-formed objects.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Self
 
 import attrs
@@ -26,18 +27,23 @@ def _not_bool(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise TypeError(f"'{attribute.name}' must be an integer, not a boolean")
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in attrs.fields(cls))
+
+
 class WireMessage:
     """Mixin: ``to_wire()`` gives the CBOR array, ``from_wire()`` validates one."""
 
     TYPE: ClassVar[MessageType]
 
     def to_wire(self) -> list[Any]:
-        return list(attrs.astuple(self, recurse=False))
+        return [getattr(self, name) for name in _field_names(type(self))]
 
     @classmethod
     def from_wire(cls, payload: Any) -> Self:
-        fields = attrs.fields(cls)  # type: ignore[arg-type]
-        if not isinstance(payload, list) or len(payload) != len(fields):
+        fields = _field_names(cls)
+        if type(payload) is not list or len(payload) != len(fields):
             raise ProtocolError(
                 f"malformed {cls.TYPE.name}: expected an array of {len(fields)} items, "
                 f"got {type(payload).__name__}"
