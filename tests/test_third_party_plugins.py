@@ -144,6 +144,12 @@ def test_pip_install_from_its_own_directory_and_enable(tmp_path: Path) -> None:
             [zeone, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
 
+    # `zeone uninstall` / `zeone install` drive the same pip (as `llm install` does)
+    assert cli("uninstall", "--yes", "zeone-plugin-hello").returncode == 0
+    listed = json.loads(cli("plugins", "--json").stdout)["plugins"]
+    assert "hello" not in {row["name"] for row in listed}
+    installed = cli("install", str(HELLO))
+    assert installed.returncode == 0, installed.stderr
     listed = json.loads(cli("plugins", "--json").stdout)["plugins"]
     hello = next(row for row in listed if row["name"] == "hello")
     assert (hello["status"], hello["distribution"], hello["version"]) == (

@@ -423,6 +423,43 @@ def connect(state: CliState, peer: str, as_json: bool) -> None:
         console.print(f"connected to {answer['node_id']} at {answer['address']}")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("packages", nargs=-1, required=True)
+@click.option("--upgrade", "-U", is_flag=True, help="Upgrade the packages if installed.")
+@click.option("--editable", "-e", is_flag=True, help="Install a local directory in editable mode.")
+def install(packages: tuple[str, ...], upgrade: bool, editable: bool) -> None:
+    """Install plugins (from PyPI or a directory) into the environment zeone runs in."""
+    args = ["install", *(["--upgrade"] if upgrade else [])]
+    for package in packages:
+        args += ["-e", package] if editable else [package]
+    _pip(args)
+
+
+@cli.command()
+@click.argument("packages", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation.")
+def uninstall(packages: tuple[str, ...], yes: bool) -> None:
+    """Uninstall plugins from the environment zeone runs in."""
+    _pip(["uninstall", *packages, *(["--yes"] if yes else [])])
+
+
+def _pip(args: list[str]) -> None:
+    """Run pip of *this* interpreter, so plugins land where zeone looks for them."""
+    import subprocess
+
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "--version"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        raise ZeoneError(
+            f"pip is not available in {sys.prefix}; install plugins with your environment's "
+            f"tool instead (for a uv project: `uv pip install --python {sys.executable} ...`)"
+        )
+    result = subprocess.run([sys.executable, "-m", "pip", *args], check=False)
+    if result.returncode != 0:
+        raise ZeoneError(f"pip {args[0]} failed (exit code {result.returncode})")
+
+
 # -- devnet --------------------------------------------------------------------------------------
 
 
