@@ -215,6 +215,51 @@ async def zeone_rpc(rounds: int) -> tuple[float, list[float]]:
     return rounds / elapsed, samples
 
 
+async def zeone_streams(total: int, streams: int) -> float:
+    """Aggregate MB/s of ``streams`` multiplexed streams sharing ``total`` bytes (full stack)."""
+    server_id, client_id = Identity.generate(), Identity.generate()
+    router = Router()
+    received = 0
+    done = trio.Event()
+
+    async def sink(_peer: Any, stream: Any) -> None:
+        nonlocal received
+        while data := await stream.receive_some():
+            received += len(data)
+            if received >= total:
+                done.set()
+
+    router.register_stream("/bench/sink/1", sink, owner="bench")
+    limits = ConnectionLimits(request_rate=1e9)
+
+    async def serve(channel) -> None:
+        conn = Connection(channel, outbound=False, address="", router=router, limits=limits)
+        await conn.run()
+
+    async with trio.open_nursery() as nursery:
+        port = await _zeone_server(nursery, server_id, serve)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        channel = await secure_dial(stream, client_id, Hello(), server_id.node_id)
+        conn = Connection(channel, outbound=True, address="", router=Router(), limits=limits)
+        await nursery.start(conn.run)
+        opened = [await conn.open_stream("/bench/sink/1") for _ in range(streams)]
+        payload = os.urandom(CHUNK)
+        per_stream = total // streams // CHUNK
+
+        async def write(s: Any) -> None:
+            for _ in range(per_stream):
+                await s.send_all(payload)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as writers:
+            for s in opened:
+                writers.start_soon(write, s)
+        await done.wait()
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    return total / elapsed / 1e6
+
+
 # -- memory per idle connection and 1,000 connections to one node process ------------------------
 
 
@@ -326,6 +371,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     results["throughput_mb_s"] = {
         "raw_tcp": round(await raw_throughput(total), 1),
         "zeone_channel": round(await zeone_throughput(total), 1),
+        "zeone_1_stream": round(await zeone_streams(total, 1), 1),
+        "zeone_16_streams": round(await zeone_streams(total, 16), 1),
     }
     raw_rate, raw_samples = await raw_rpc(args.rpc_rounds)
     zeone_rate, zeone_samples = await zeone_rpc(args.rpc_rounds)
@@ -360,9 +407,24 @@ def report(results: dict[str, Any]) -> str:
             "throughput, 1 channel (MB/s)",
             tp["zeone_channel"],
             tp["raw_tcp"],
-            _lp(lp, "throughput_1", lambda t: t.get("mb_per_second", t)),
+            _lp(lp, "throughput_1", lambda t: t.get("mb_per_s", t)),
             f"{tp['zeone_channel'] / tp['raw_tcp']:.0%} of raw (target >= 50%)"
-            + _ratio(tp["zeone_channel"], lp, "throughput_1", "mb_per_second"),
+            + _ratio(tp["zeone_channel"], lp, "throughput_1", "mb_per_s"),
+        ],
+        [
+            "throughput, 1 mux stream (MB/s)",
+            tp["zeone_1_stream"],
+            tp["raw_tcp"],
+            _lp(lp, "throughput_1", lambda t: t.get("mb_per_s", t)),
+            f"{tp['zeone_1_stream'] / tp['raw_tcp']:.0%} of raw (target >= 50%)"
+            + _ratio(tp["zeone_1_stream"], lp, "throughput_1", "mb_per_s"),
+        ],
+        [
+            "throughput, 16 mux streams (MB/s)",
+            tp["zeone_16_streams"],
+            tp["raw_tcp"],
+            _lp(lp, "throughput_16", lambda t: t.get("mb_per_s", t)),
+            _ratio(tp["zeone_16_streams"], lp, "throughput_16", "mb_per_s").removeprefix("; "),
         ],
         [
             "sequential RPC (round trips/s)",

@@ -86,8 +86,14 @@ def zeone_register_protocols(register: Callable[[str, Handler], None], node: Nod
     ``handler`` is ``async def handler(request: zeone.rpc.Request) -> Any``. The handler's return
     value (CBOR-serialisable) is the response; raising :class:`zeone.rpc.RemoteError` sends an
     error the caller sees as ``RemoteError``; any other exception is logged and the caller sees a
-    generic internal error. Registered protocol ids are advertised to peers as capabilities.
-    Registering an id twice is an error naming the plugin.
+    generic internal error. Callers use ``node.rpc.request(peer, protocol_id, body, timeout=...)``.
+
+    ``register(protocol_id, handler, stream=True)`` registers a *stream* handler instead:
+    ``async def handler(peer: NodeId, stream) -> None`` gets a multiplexed, flow-controlled
+    ``trio.abc.HalfCloseableStream`` opened by the peer with
+    ``node.rpc.open_stream(peer, protocol_id)``, for bulk or long-lived exchanges (the stream is
+    closed when the handler returns). Registered protocol ids are advertised to peers as
+    capabilities. Registering an id twice is an error naming the plugin.
     """
 
 

@@ -137,9 +137,14 @@ class Node:
             raise PluginError(f"plugin {plugin.name!r}: {exc}") from None
         self._transport_owners[transport.scheme.lower()] = plugin.name
 
-    def _add_protocol(self, plugin: LoadedPlugin, protocol: str, handler: Handler) -> None:
+    def _add_protocol(
+        self, plugin: LoadedPlugin, protocol: str, handler: Handler, *, stream: bool = False
+    ) -> None:
         try:
-            self.router.register(protocol, handler, owner=plugin.name)
+            if stream:
+                self.router.register_stream(protocol, handler, owner=plugin.name)
+            else:
+                self.router.register(protocol, handler, owner=plugin.name)
         except ValueError as exc:
             raise PluginError(f"plugin {plugin.name!r}: {exc}") from None
 

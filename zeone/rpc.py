@@ -34,6 +34,8 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Any]]
+#: ``async def handler(peer: NodeId, stream: MuxStream) -> None``; the stream is closed after.
+StreamHandler = Callable[[NodeId, Any], Awaitable[None]]
 
 
 class RemoteError(ZeoneError):
@@ -70,16 +72,28 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        self._streams: dict[str, Route] = {}
 
     def register(self, protocol: str, handler: Handler, *, owner: str) -> None:
+        self._add(self._routes, protocol, handler, owner)
+
+    def register_stream(self, protocol: str, handler: StreamHandler, *, owner: str) -> None:
+        """Handle streams opened with this protocol id (bulk or long-lived exchanges)."""
+        self._add(self._streams, protocol, handler, owner)
+
+    def _add(self, table: dict[str, Route], protocol: str, handler: Any, owner: str) -> None:
         check_protocol_id(protocol)
-        if protocol in self._routes:
-            other = self._routes[protocol].owner
+        if protocol in table:
+            other = table[protocol].owner
             raise ValueError(f"protocol {protocol} is already registered by plugin {other!r}")
-        self._routes[protocol] = Route(protocol, handler, owner)
+        table[protocol] = Route(protocol, handler, owner)
+
+    def stream_route(self, protocol: str) -> Route | None:
+        return self._streams.get(protocol)
 
     def protocols(self) -> list[str]:
-        return sorted(self._routes)
+        """Every protocol id this node serves (advertised to peers as capabilities)."""
+        return sorted({*self._routes, *self._streams})
 
     def owner(self, protocol: str) -> str | None:
         route = self._routes.get(protocol)

@@ -21,6 +21,7 @@ import trio
 
 from zeone.errors import ProtocolError, ZeoneError
 from zeone.identity import NodeId
+from zeone.net.mux import Mux, MuxStream
 from zeone.net.noise import SecureChannel
 from zeone.replay import ReplayGuard, ReplayRejected
 from zeone.rpc import RemoteError, Request, RequestTimeout, Router
@@ -35,10 +36,12 @@ from zeone.wire.messages import (
     ServiceResponse,
     WireMessage,
 )
+from zeone.wire.stream_messages import STREAM_MESSAGES
 
 log = logging.getLogger(__name__)
 
 RECEIVE_CHUNK = 256 * 1024
+MAX_DATA_CHUNK = 64 * 1024
 
 
 class ConnectionClosed(ZeoneError):
@@ -50,6 +53,9 @@ class ConnectionLimits:
     max_frame_size: int = 4 * 1024 * 1024
     max_inflight: int = 256
     request_rate: float = 200.0
+    #: Concurrent streams per direction; memory per peer is bounded by streams x window.
+    max_streams: int = 256
+    stream_window: int = 256 * 1024
 
 
 class TokenBucket:
@@ -128,6 +134,15 @@ class Connection:
         self._bucket = TokenBucket(limits.request_rate, 2 * limits.request_rate)
         self._nursery: trio.Nursery | None = None
         self._discover_reply: _Pending | None = None
+        self._replies = 0
+        self.mux = Mux(
+            self._send,
+            outbound=outbound,
+            max_streams=limits.max_streams,
+            initial_window=limits.stream_window,
+            max_chunk=min(MAX_DATA_CHUNK, limits.max_frame_size - 64),
+            on_stream=self._on_stream,
+        )
 
     def __repr__(self) -> str:
         direction = "out" if self.outbound else "in"
@@ -143,7 +158,9 @@ class Connection:
 
     @property
     def busy(self) -> bool:
-        return bool(self._pending or self._inflight or self._pings)
+        return bool(
+            self._pending or self._inflight or self._pings or self.mux.statistics().open_streams
+        )
 
     async def wait_idle(self) -> None:
         """Return once no request is in flight in either direction."""
@@ -163,6 +180,7 @@ class Connection:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.mux.run)
                 task_status.started(self)
                 try:
                     await self._read_loop()
@@ -176,7 +194,9 @@ class Connection:
             self.close_reason = self.close_reason or "node stopping"
             raise
         finally:
-            self._fail_pending(ConnectionClosed(f"connection to {self.peer_id.short()} closed"))
+            closed = ConnectionClosed(f"connection to {self.peer_id.short()} closed")
+            self.mux.close_all(closed)
+            self._fail_pending(closed)
             self.closed.set()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.channel.aclose()
@@ -205,6 +225,9 @@ class Connection:
             self._on_request(ServiceRequest.from_wire(frame.payload))
         elif kind == MessageType.SERVICE_RESPONSE:
             self._on_response(ServiceResponse.from_wire(frame.payload))
+        elif kind in STREAM_MESSAGES:
+            self.last_activity = trio.current_time()
+            await self.mux.handle(STREAM_MESSAGES[kind].from_wire(frame.payload))
         elif kind == MessageType.PING:
             await self._on_ping(Ping.from_wire(frame.payload))
         elif kind == MessageType.PONG:
@@ -214,8 +237,11 @@ class Connection:
                 waiter.done.set()
         elif kind == MessageType.DISCOVER:
             discover = Discover.from_wire(frame.payload)
+            if not self._bucket.take():
+                self.stats.refused += 1
+                return
             peers = self.peer_list(discover.limit, self.peer_id) if self.peer_list else []
-            await self._send(PeerList(peers))
+            self._reply(PeerList(peers))
         elif kind == MessageType.PEER_LIST:
             reply = PeerList.from_wire(frame.payload)
             if self._discover_reply is not None:
@@ -239,7 +265,50 @@ class Connection:
                 self.stats.replays += 1
                 log.info("dropped PING from %s: %s", self.peer_id.short(), exc)
                 return
-        await self._send(Pong(ping.nonce, ping.timestamp))
+        self._reply(Pong(ping.nonce, ping.timestamp))
+
+    def _reply(self, message: WireMessage) -> None:
+        """Send a control reply from its own task, so the read loop never waits on the network
+        (two peers both blocked sending while neither reads would deadlock)."""
+        if self._replies >= self.limits.max_inflight:
+            raise ProtocolError("peer sends control messages without reading the replies")
+        self._replies += 1
+        self._nursery.start_soon(self._send_reply, message)
+
+    async def _send_reply(self, message: WireMessage) -> None:
+        try:
+            await self._send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._replies -= 1
+
+    # -- streams ----------------------------------------------------------------------------
+
+    async def open_stream(self, protocol: str) -> MuxStream:
+        """A new stream to the peer's handler for ``protocol`` (a trio HalfCloseableStream)."""
+        self.last_activity = trio.current_time()
+        return await self.mux.open_stream(protocol)
+
+    def _on_stream(self, stream: MuxStream) -> None:
+        route = self.router.stream_route(stream.protocol)
+        if route is None:
+            stream.reset("unknown-protocol")
+            return
+        self._nursery.start_soon(self._serve_stream, route, stream)
+
+    async def _serve_stream(self, route: Any, stream: MuxStream) -> None:
+        try:
+            await route.handler(self.peer_id, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer reset or the connection went away: routine
+        except Exception:
+            log.exception("stream handler for %s (plugin %s) failed", stream.protocol, route.owner)
+            stream.reset("internal-error")
+        finally:
+            await trio.aclose_forcefully(stream)
+            self.last_activity = trio.current_time()
+            self._maybe_idle()
 
     # -- inbound requests -------------------------------------------------------------------
 

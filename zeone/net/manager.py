@@ -404,6 +404,17 @@ class ConnectionManager:
             protocol, body, timeout=max(deadline - trio.current_time(), 0.001)
         )
 
+    async def open_stream(self, peer: NodeId | PeerAddress | str, protocol: str) -> Any:
+        """A new multiplexed stream to ``peer``'s stream handler for ``protocol``.
+
+        The stream is a ``trio.abc.HalfCloseableStream`` with per-stream flow control: a slow
+        reader at the other end slows ``send_all`` here. Raises DialError, or
+        ``trio.BrokenResourceError`` if the peer refuses the stream (unknown protocol, too many
+        streams) on first use.
+        """
+        conn = await self.connect(peer)
+        return await conn.open_stream(protocol)
+
     async def ping(
         self, peer: NodeId | PeerAddress | str, *, timeout: float = 10.0
     ) -> tuple[NodeId, float]:
