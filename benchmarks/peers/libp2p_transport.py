@@ -26,10 +26,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+# benchmarks/common.py has no dependency on zeone, so this venv can share its statistics.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import multiaddr
 import trio
+from common import percentile
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair as new_ed25519_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -65,15 +69,6 @@ HANDSHAKE_DEFINITION = (
 
 
 # --------------------------------------------------------------------------- stats
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); same rule as benchmarks/common.py."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 def summary_ms(samples: Sequence[float]) -> dict[str, Any]:
