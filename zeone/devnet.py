@@ -9,6 +9,7 @@ graceful shutdown, and reports how each one exited.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,7 @@ class DevnetNode:
     process: trio.Process | None = None
     status: dict[str, Any] | None = None
     peers: int | None = None
+    rtt_ms: float | None = None
     error: str | None = None
 
     @property
@@ -168,9 +170,15 @@ class Devnet:
                     client = ApiClient.from_config(load_config(member.config_path, environ={}))
                     client.timeout = 0.5
                     member.status = await trio.to_thread.run_sync(client.get_json, "/status")
-                    peers = await trio.to_thread.run_sync(client.get_json, "/peers")
-                    member.peers = len(peers.get("peers", []))
+                    peers = (await trio.to_thread.run_sync(client.get_json, "/peers"))["peers"]
+                    member.peers = len(peers)
                     member.error = None
+                    if peers:  # show the network working: a real ping to a random peer
+                        target = random.choice(peers)["node_id"]
+                        pong = await trio.to_thread.run_sync(
+                            client.post_json, "/peers/ping", {"peer": target}
+                        )
+                        member.rtt_ms = pong["rtt_ms"]
                 except (ZeoneError, OSError, ValueError) as exc:
                     member.error = "starting" if member.status is None else str(exc)
             await trio.sleep(POLL_INTERVAL)
@@ -189,6 +197,7 @@ class Devnet:
             "listen",
             "state",
             "peers",
+            "ping ms",
             "plugins",
             "uptime",
         ):
@@ -203,6 +212,7 @@ class Devnet:
                 m.listen.removeprefix("tcp://"),
                 f"[green]{state}[/]" if state == "up" else f"[yellow]{state}[/]",
                 "" if m.peers is None else str(m.peers),
+                "" if m.rtt_ms is None else f"{m.rtt_ms:.2f}",
                 ", ".join(s.get("plugins", [])),
                 f"{s.get('uptime', 0):.0f}s" if s else "",
             )
