@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from zeone.config import Config, load_config
 from zeone.hookspecs import hookimpl
 from zeone.plugins import KERNEL_API_VERSION, Catalog, PluginInfo
 
 CLI_TIMEOUT = 60.0
+
+# Property tests explore the same examples on every run: a flaky test is a bug, and CI must not
+# depend on luck. (Run with HYPOTHESIS_PROFILE=explore locally to search with fresh randomness.)
+settings.register_profile("deterministic", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def make_plugin(
