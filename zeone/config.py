@@ -99,7 +99,12 @@ class NetworkSection:
     #: Transport schemes in order of preference when a peer advertises several addresses.
     transports: list[str] = attrs.Factory(lambda: ["tcp"])
     max_connections: int = attrs.field(default=512, validator=_positive)
+    #: Requests from one peer handled at the same time; more are answered ``busy``.
+    max_requests_per_peer: int = attrs.field(default=256, validator=_positive)
+    #: Open multiplexed streams per peer and direction (memory: streams x stream_window).
     max_streams_per_peer: int = attrs.field(default=256, validator=_positive)
+    #: Flow-control window of each stream, in bytes.
+    stream_window: int = attrs.field(default=256 * 1024, validator=v.ge(64 * 1024))
     #: Inbound requests per second accepted from one peer (token bucket; bursts up to 2x).
     max_request_rate: float = attrs.field(default=1000.0, validator=_positive)
     max_frame_size: int = attrs.field(default=4 * 1024 * 1024, validator=v.ge(1024))

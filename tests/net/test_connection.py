@@ -89,7 +89,7 @@ async def test_timeout_cancels_the_wait_and_drops_the_late_answer(
 
 async def test_in_flight_limit_answers_busy(net: TestNetwork, autojump_clock) -> None:
     a = await net.add_node(enable=["echo"])
-    b = await net.add_node(enable=["echo"], settings={"network.max_streams_per_peer": 2})
+    b = await net.add_node(enable=["echo"], settings={"network.max_requests_per_peer": 2})
     async with trio.open_nursery() as nursery:
         for _ in range(2):
             nursery.start_soon(_ignore_timeout, a.rpc.request(b.node_id, SLOW, None, timeout=60))
@@ -271,3 +271,22 @@ async def test_closed_connection_fails_pending_requests(net: TestNetwork, autoju
         nursery.start_soon(close_soon)
         with pytest.raises(ConnectionClosed):
             await conn.request(SLOW, None, timeout=30)
+
+
+def test_addresses_from_peers_are_filtered_and_bounded() -> None:
+    from zeone.net.manager import usable_addresses
+
+    given = ["tcp://x", "nonsense", "tcp://127.0.0.1:4001", "tcp://127.0.0.1:4001", 7]
+    given += [f"tcp://127.0.0.1:{port}" for port in range(5000, 5100)]
+    usable = usable_addresses(given)
+    assert usable[0] == "tcp://127.0.0.1:4001"
+    assert len(usable) == 16 and "tcp://x" not in usable
+
+
+async def test_discover_honours_its_limit(net: TestNetwork, autojump_clock) -> None:
+    hub, a, b = await net.add_nodes(3)
+    await a.network.connect(hub.node_id)
+    await b.network.connect(hub.node_id)
+    conn = a.network.connections[hub.node_id]
+    assert await conn.discover(0) == []
+    assert [entry[0] for entry in await conn.discover(5)] == [b.node_id.raw]

@@ -1,7 +1,7 @@
 """One authenticated connection to a peer, carrying RPC requests in both directions.
 
 Inbound frames are read by a single task and dispatched: requests run as handler tasks (bounded by
-``max_streams_per_peer`` and a per-peer token-bucket rate limit, both answered with an error rather
+``max_requests_per_peer`` and a per-peer token-bucket rate limit, both answered with an error rather
 than queued, so a flooding peer costs us little), responses wake the waiting caller, PINGs are
 answered at once. Anything malformed raises ProtocolError, which closes this connection only, with
 the reason logged.
@@ -213,6 +213,11 @@ class Connection:
         while True:
             data = await self.channel.receive_some(RECEIVE_CHUNK)
             if not data:
+                if self._decoder.buffered:
+                    raise ProtocolError(
+                        f"connection closed in the middle of a frame "
+                        f"({self._decoder.buffered} bytes of it received)"
+                    )
                 self.close_reason = self.close_reason or "closed by peer"
                 return
             self.stats.bytes_in += len(data)
@@ -315,7 +320,11 @@ class Connection:
     def _on_request(self, request: ServiceRequest) -> None:
         self.last_activity = trio.current_time()
         self.stats.requests_in += 1
-        if self._bucket.take() and self._inflight < self.limits.max_inflight:
+        if self._inflight >= self.limits.max_inflight:
+            code = "busy"
+        elif not self._bucket.take():
+            code = "rate-limited"
+        else:
             self._inflight += 1
             self._nursery.start_soon(self._serve, request)
             return
@@ -323,7 +332,6 @@ class Connection:
         if self._refusing >= self.limits.max_inflight:
             # The peer keeps sending while not reading our refusals: it is flooding, not busy.
             raise ProtocolError("peer floods requests without reading the answers")
-        code = "rate-limited" if self._bucket.tokens < 1 else "busy"
         self._refusing += 1
         self._nursery.start_soon(self._refuse, request.request_id, code)
 

@@ -42,6 +42,7 @@ DRAIN_TIMEOUT = 10.0
 DISCOVER_LIMIT = 32
 TARGET_PEERS = 16
 UNSPECIFIED_HOSTS = {"0.0.0.0", "::", ""}
+MAX_ADDRESSES_PER_PEER = 16
 
 
 @attrs.define
@@ -71,7 +72,9 @@ class ConnectionManager:
         self.replay = replay
         self.limits = ConnectionLimits(
             max_frame_size=settings.max_frame_size,
-            max_inflight=settings.max_streams_per_peer,
+            max_inflight=settings.max_requests_per_peer,
+            max_streams=settings.max_streams_per_peer,
+            stream_window=settings.stream_window,
             request_rate=settings.max_request_rate,
         )
         self.bootstrap = [PeerAddress.parse(text) for text in settings.bootstrap]
@@ -79,6 +82,7 @@ class ConnectionManager:
         self.book: dict[NodeId, list[str]] = {}
         self.listen_addresses: list[str] = []
         self.handshake_failures = 0
+        self._handshaking = 0
         self.refused = 0
         self._dialing: dict[NodeId, trio.Event] = {}
         self._backoff: dict[NodeId, _Backoff] = {}
@@ -123,11 +127,12 @@ class ConnectionManager:
     # -- accepting --------------------------------------------------------------------------
 
     async def _accept(self, stream: trio.abc.Stream) -> None:
-        if len(self._all) >= self.settings.max_connections:
+        if len(self._all) + self._handshaking >= self.settings.max_connections:
             self.refused += 1
             log.debug("refusing inbound connection: %d connections open", len(self._all))
             return
         remote, display = _remote(stream)
+        self._handshaking += 1
         try:
             with trio.fail_after(self.settings.handshake_timeout):
                 channel = await secure_accept(stream, self.identity, self.hello())
@@ -136,6 +141,8 @@ class ConnectionManager:
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
             log.info("inbound handshake from %s failed: %s", display, reason)
             return
+        finally:
+            self._handshaking -= 1
         conn = self._connection(channel, outbound=False, address=display)
         await self._run_connection(conn, remote)
 
@@ -210,7 +217,10 @@ class ConnectionManager:
         raise DialError(str(node_id or target.address), "; ".join(errors) or "no usable address")
 
     async def _dial_address(self, text: str, node_id: NodeId | None) -> Connection:
-        address = parse_address(text)
+        try:
+            address = parse_address(text)
+        except ValueError as exc:
+            raise DialError(text, str(exc)) from None
         with trio.fail_after(self.settings.handshake_timeout):
             stream = await self.transports.dial(address)
             try:
@@ -274,11 +284,11 @@ class ConnectionManager:
                 log.info("disconnected from %s: %s", conn.peer_id.short(), conn.close_reason)
 
     def _adopt(self, conn: Connection, remote_host: str | None) -> None:
-        advertised = [_substitute_host(a, remote_host) for a in conn.peer_listen]
+        advertised = usable_addresses(_substitute_host(a, remote_host) for a in conn.peer_listen)
         if advertised:
-            self.book[conn.peer_id] = list(dict.fromkeys(advertised))
+            self.book[conn.peer_id] = advertised
         existing = self.connections.get(conn.peer_id)
-        if existing is None or existing.closed.is_set():
+        if existing is None or existing.closed.is_set() or existing.draining:
             self.connections[conn.peer_id] = conn
             return
         keep, drop = self._tie_break(existing, conn)
@@ -309,7 +319,7 @@ class ConnectionManager:
 
     async def _bootstrap_loop(self) -> None:
         while True:
-            for peer in self.bootstrap:
+            for index, peer in enumerate(self.bootstrap):
                 if peer.node_id is not None and self._usable(peer.node_id):
                     continue
                 try:
@@ -317,6 +327,16 @@ class ConnectionManager:
                 except (DialError, ZeoneError) as exc:
                     log.debug("bootstrap peer %s unreachable: %s", peer, exc)
                     continue
+                if peer.node_id is None:
+                    # An address-only entry: from now on it is that node (no redial, no drain).
+                    log.warning(
+                        "bootstrap entry %s is node %s; pin it as %s@%s",
+                        peer.address,
+                        conn.peer_id,
+                        conn.peer_id,
+                        peer.address,
+                    )
+                    self.bootstrap[index] = PeerAddress(peer.address, conn.peer_id)
                 self._nursery.start_soon(self._discover_from, conn)
             # Alone, retry soon (dial backoff still spaces real attempts); else just check in.
             await trio.sleep(BOOTSTRAP_INTERVAL if self.connections else BOOTSTRAP_RETRY)
@@ -331,7 +351,8 @@ class ConnectionManager:
             if node_id == self.node_id:
                 continue
             known = self.book.setdefault(node_id, [])
-            known.extend(a for a in addresses if a not in known)
+            known.extend(a for a in usable_addresses(addresses) if a not in known)
+            del known[MAX_ADDRESSES_PER_PEER:]
             if len(self.connections) < TARGET_PEERS and not self._usable(node_id):
                 self._nursery.start_soon(self._try_connect, node_id)
 
@@ -345,13 +366,13 @@ class ConnectionManager:
         """Answer to DISCOVER: connected peers that can be dialed (never the asker)."""
         entries = []
         for node_id, conn in self.connections.items():
-            if node_id == asking or conn.draining:
-                continue
-            addresses = self.book.get(node_id, [])[:16]
-            if addresses:
-                entries.append([node_id.raw, addresses])
             if len(entries) >= limit:
                 break
+            if node_id == asking or conn.draining:
+                continue
+            addresses = self.book.get(node_id, [])[:MAX_ADDRESSES_PER_PEER]
+            if addresses:
+                entries.append([node_id.raw, addresses])
         return entries
 
     async def _maintenance_loop(self) -> None:
@@ -460,8 +481,26 @@ def _substitute_host(text: str, remote_host: str | None) -> str:
     except ValueError:
         return text
     if address.host in UNSPECIFIED_HOSTS and remote_host and address.port is not None:
-        return str(Address.build(address.scheme, remote_host, address.port))
+        return str(Address.build(address.scheme, remote_host, address.port, address.path))
     return text
+
+
+def usable_addresses(addresses: Iterable[str]) -> list[str]:
+    """The well-formed addresses among those a peer told us, deduplicated, at most 16.
+
+    Peers' addresses are hostile input: a malformed one must not reach a dial later.
+    """
+    out: list[str] = []
+    for text in addresses:
+        try:
+            canonical = str(parse_address(text))
+        except (ValueError, TypeError):
+            continue
+        if canonical not in out:
+            out.append(canonical)
+        if len(out) >= MAX_ADDRESSES_PER_PEER:
+            break
+    return out
 
 
 __all__ = ["ConnectionManager", "PeerAddress"]
