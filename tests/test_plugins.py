@@ -315,7 +315,11 @@ def test_node_registers_protocols_per_plugin(
         catalog=catalog,
         identity=Identity.generate(),
     )
-    assert node.router.protocols() == ["/zeone/forum/1", "/zeone/forum/2"]
+    assert node.router.protocols() == [
+        "/zeone/core/keepalive/1",
+        "/zeone/forum/1",
+        "/zeone/forum/2",
+    ]
     assert node.router.owner("/zeone/forum/1") == "forum"
 
 

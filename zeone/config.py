@@ -45,6 +45,12 @@ LogFormat = Literal["rich", "json"]
 _positive = v.gt(0)
 
 
+def _seconds(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    """A finite, positive duration of at most a day (inf would overflow timers later)."""
+    if not 0 < value <= 86400:
+        raise ValueError(f"'{attribute.name}' must be > 0 and <= 86400 seconds: {value}")
+
+
 @attrs.frozen
 class NodeSection:
     """``[node]``: who this node is and where it keeps its state."""
@@ -55,7 +61,7 @@ class NodeSection:
     log_level: LogLevel = "info"
     log_format: LogFormat = "rich"
     #: Seconds the node waits for services to stop before cancelling them hard.
-    shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds)
 
 
 def _each(check):
@@ -104,12 +110,17 @@ class NetworkSection:
     #: Open multiplexed streams per peer and direction (memory: streams x stream_window).
     max_streams_per_peer: int = attrs.field(default=256, validator=_positive)
     #: Flow-control window of each stream, in bytes.
-    stream_window: int = attrs.field(default=256 * 1024, validator=v.ge(64 * 1024))
+    stream_window: int = attrs.field(
+        default=256 * 1024, validator=[v.ge(64 * 1024), v.le(2**31 - 1)]
+    )
     #: Inbound requests per second accepted from one peer (token bucket; bursts up to 2x).
-    max_request_rate: float = attrs.field(default=1000.0, validator=_positive)
-    max_frame_size: int = attrs.field(default=4 * 1024 * 1024, validator=v.ge(1024))
-    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
-    idle_timeout: float = attrs.field(default=300.0, validator=_positive)
+    max_request_rate: float = attrs.field(default=1000.0, validator=[_positive, v.le(1e6)])
+    #: Largest frame payload accepted; stream data travels in 64 KiB chunks, so at least 128 KiB.
+    max_frame_size: int = attrs.field(
+        default=4 * 1024 * 1024, validator=[v.ge(128 * 1024), v.le(2**32 - 1)]
+    )
+    handshake_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    idle_timeout: float = attrs.field(default=300.0, validator=_seconds)
 
 
 @attrs.frozen

@@ -145,7 +145,12 @@ class Devnet:
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # The node's config file is the whole truth: the user's ZEONE_* variables would
+            # make every node bind the same ports while the monitor looks elsewhere.
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("ZEONE_")},
+                "PYTHONUNBUFFERED": "1",
+            },
             start_new_session=True,  # Ctrl-C reaches us only; we stop the nodes in order
         )
         log_file.close()

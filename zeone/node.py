@@ -26,7 +26,7 @@ from zeone.api.app import ApiService
 from zeone.api.auth import ensure_token
 from zeone.api.routes import RouteTable
 from zeone.config import Config
-from zeone.errors import PluginError, ZeoneError
+from zeone.errors import ConfigError, PluginError, ZeoneError
 from zeone.identity import Identity, NodeId
 from zeone.net.manager import ConnectionManager
 from zeone.net.transport import TcpTransport, Transport, TransportRegistry
@@ -162,18 +162,22 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`stop` (or a signal); re-raises a required service's crash."""
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"data dir {self.config.data_dir}: {exc.strerror or exc}") from None
         try:
             async with trio.open_nursery() as nursery:
                 if self.handle_signals:
                     nursery.start_soon(self._watch_signals)
                 try:
-                    await self._start_services(nursery)
+                    interrupted = not await self._start_unless_stopped(nursery)
                 except ZeoneError as exc:
                     # Stop what did start, then raise the error itself (not a nursery group).
                     if self._fatal is None:
                         self._fatal = exc
-                else:
+                    interrupted = True
+                if not interrupted:
                     self._started_at = time.time()
                     self._write_runtime_file()
                     log.info(
@@ -196,6 +200,26 @@ class Node:
     def stop(self) -> None:
         """Ask the node to shut down gracefully; safe to call from any task, more than once."""
         self.stopping.set()
+
+    async def _start_unless_stopped(self, nursery: trio.Nursery) -> bool:
+        """Start every service; False if stop() (or a signal, or a crash) came first.
+
+        A service slow to become ready must not make the node deaf to Ctrl-C: start-up runs in a
+        scope that a stop request cancels (a service cancelled before ``started()`` just ends).
+        """
+        try:
+            async with trio.open_nursery() as watcher:
+
+                async def cancel_on_stop() -> None:
+                    await self.stopping.wait()
+                    watcher.cancel_scope.cancel()
+
+                watcher.start_soon(cancel_on_stop)
+                await self._start_services(nursery)
+                watcher.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+        return not self.stopping.is_set()
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         entries: list[tuple[str, Service, bool]] = [("core", self.network, True)]
@@ -298,6 +322,22 @@ class Node:
             "services": [s.snapshot() for s in self._services],
             "sections": sections,
         }
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one real error inside a nursery's group (the watcher task only ever gets Cancelled)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    real = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    return real[0] if len(real) == 1 else group
 
 
 __all__ = ["Node", "ZeoneError"]

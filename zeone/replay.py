@@ -20,6 +20,10 @@ import attrs
 
 DEFAULT_WINDOW = 30.0
 SWEEP_EVERY = 1000
+#: Checks per second across all senders (each is one SQLite write on the event loop, and
+#: identities are free): beyond it messages are rejected, which bounds both CPU and the table
+#: (at most rate x 2 x window rows).
+DEFAULT_MAX_RATE = 200.0
 
 
 class ReplayRejected(Exception):
@@ -31,6 +35,9 @@ class ReplayGuard:
     path: Path | None
     window: float = DEFAULT_WINDOW
     clock: Callable[[], float] = time.time
+    max_rate: float = DEFAULT_MAX_RATE
+    _tokens: float = attrs.field(default=0.0, init=False)
+    _refilled: float | None = attrs.field(default=None, init=False)
     _db: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _checks: int = attrs.field(default=0, init=False)
 
@@ -62,6 +69,8 @@ class ReplayGuard:
             raise ReplayRejected(f"timestamp {skew:.1f}s in the future (window {self.window}s)")
         if -skew > self.window:
             raise ReplayRejected(f"timestamp {-skew:.1f}s old (window {self.window}s)")
+        if not self._take_token(now):
+            raise ReplayRejected(f"more than {self.max_rate:.0f} checks per second; try later")
         db = self._connect()
         self._checks += 1
         if self._checks % SWEEP_EVERY == 0:
@@ -82,6 +91,18 @@ class ReplayGuard:
                 "UPDATE seen_nonces SET expires = ? WHERE scope = ? AND nonce = ?",
                 (timestamp + self.window, scope, nonce),
             )
+
+    def _take_token(self, now: float) -> bool:
+        burst = 2 * self.max_rate
+        if self._refilled is None:
+            self._tokens = burst
+        else:
+            self._tokens = min(burst, self._tokens + max(0.0, now - self._refilled) * self.max_rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def close(self) -> None:
         if self._db is not None:

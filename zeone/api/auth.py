@@ -39,10 +39,15 @@ def ensure_token(path: Path) -> str:
 
 def read_token(path: Path) -> str:
     path = Path(path)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(f"{path}: API token file is readable by other users (mode {mode:04o})")
-    token = path.read_text().strip()
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path}: API token file is readable by other users (mode {mode:04o})"
+            )
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the API token: {exc}") from None
     if len(token) < 16:
         raise ConfigError(f"{path}: API token file is empty or too short")
     return token

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from zeone import __version__
 from zeone.hookspecs import hookimpl
+from zeone.net.manager import KEEPALIVE_PROTOCOL
 from zeone.plugins import KERNEL_API_VERSION, PluginInfo
 
 if TYPE_CHECKING:
@@ -23,6 +24,14 @@ def zeone_plugin_info() -> PluginInfo:
         required=True,
         description="Kernel services: local API, status, metrics.",
     )
+
+
+@hookimpl
+def zeone_register_protocols(register: Any) -> None:
+    async def keepalive(_request: Any) -> None:
+        return None
+
+    register(KEEPALIVE_PROTOCOL, keepalive)
 
 
 @hookimpl

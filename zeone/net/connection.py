@@ -9,6 +9,7 @@ the reason logged.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -134,6 +135,7 @@ class Connection:
         self._bucket = TokenBucket(limits.request_rate, 2 * limits.request_rate)
         self._nursery: trio.Nursery | None = None
         self._discover_reply: _Pending | None = None
+        self._discover_lock = trio.Lock()
         self._replies = 0
         self.mux = Mux(
             self._send,
@@ -337,36 +339,41 @@ class Connection:
 
     async def _refuse(self, request_id: int, code: str) -> None:
         try:
-            await self._send(ServiceResponse(request_id, False, [code, "request refused"]))
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(ServiceResponse(request_id, False, [code, "request refused"]))
         finally:
             self._refusing -= 1
 
     async def _serve(self, request: ServiceRequest) -> None:
         try:
-            try:
-                result = await self.router.dispatch(
-                    Request(self.peer_id, request.protocol, request.body)
-                )
-                response = ServiceResponse(request.request_id, True, result)
-                frame = self._encode(response)
-            except RemoteError as exc:
-                frame = self._encode(
-                    ServiceResponse(request.request_id, False, [exc.code[:64], exc.message[:1000]])
-                )
-            except (TypeError, ValueError) as exc:
-                log.error("response to %s is not sendable: %s", request.protocol, exc)
-                frame = self._encode(
-                    ServiceResponse(request.request_id, False, ["internal-error", "bad response"])
-                )
-            await self._send_raw(frame)
+            frame = await self._answer(request)
+            with contextlib.suppress(ConnectionClosed):  # the peer left; nothing to answer
+                await self._send_raw(frame)
         finally:
             self._inflight -= 1
             self.last_activity = trio.current_time()
             self._maybe_idle()
 
+    async def _answer(self, request: ServiceRequest) -> bytes:
+        """The encoded response: the handler's result, its RemoteError, or internal-error."""
+        request_id = request.request_id
+        try:
+            result = await self.router.dispatch(
+                Request(self.peer_id, request.protocol, request.body)
+            )
+            return self._encode(ServiceResponse(request_id, True, result))
+        except RemoteError as exc:
+            body = [str(exc.code)[:64], str(exc.message)[:1000]]
+        except Exception as exc:  # an unsendable result or a bug: never the peer's problem
+            log.error("cannot answer %s from %s: %r", request.protocol, self.peer_id.short(), exc)
+            body = ["internal-error", "the handler failed"]
+        return self._encode(ServiceResponse(request_id, False, body))
+
     # -- outbound requests ------------------------------------------------------------------
 
-    async def request(self, protocol: str, body: Any, *, timeout: float = 10.0) -> Any:
+    async def request(
+        self, protocol: str, body: Any, *, timeout: float = 10.0, counts_as_activity: bool = True
+    ) -> Any:
         """Send a request and wait for the answer; RemoteError, RequestTimeout, ConnectionClosed."""
         if self.closed.is_set():
             raise ConnectionClosed(f"connection to {self.peer_id.short()} is closed")
@@ -374,14 +381,16 @@ class Connection:
         pending = _Pending()
         self._pending[request_id] = pending
         self.stats.requests_out += 1
-        self.last_activity = trio.current_time()
+        if counts_as_activity:
+            self.last_activity = trio.current_time()
         try:
             with trio.move_on_after(timeout) as scope:
                 await self._send(ServiceRequest(request_id, protocol, body))
                 await pending.done.wait()
         finally:
             self._pending.pop(request_id, None)
-            self.last_activity = trio.current_time()
+            if counts_as_activity:
+                self.last_activity = trio.current_time()
             self._maybe_idle()
         if scope.cancelled_caught:
             raise RequestTimeout(f"{protocol} to {self.peer_id.short()} timed out after {timeout}s")
@@ -423,17 +432,17 @@ class Connection:
 
     async def discover(self, limit: int = 32, *, timeout: float = 10.0) -> list[Any]:
         """Ask the peer for the peers it knows: ``[[node_id bytes, [addresses]], ...]``."""
-        if self._discover_reply is not None:
-            await self._discover_reply.done.wait()
-        waiter = self._discover_reply = _Pending()
         try:
             with trio.fail_after(timeout):
-                await self._send(Discover(limit))
-                await waiter.done.wait()
+                async with self._discover_lock:  # one DISCOVER in flight: answers carry no id
+                    waiter = self._discover_reply = _Pending()
+                    try:
+                        await self._send(Discover(limit))
+                        await waiter.done.wait()
+                    finally:
+                        self._discover_reply = None
         except trio.TooSlowError:
             raise RequestTimeout(f"discover to {self.peer_id.short()} timed out") from None
-        finally:
-            self._discover_reply = None
         if waiter.error is not None:
             raise waiter.error
         return waiter.response.peers  # type: ignore[union-attr]
@@ -456,6 +465,11 @@ class Connection:
         try:
             await self.channel.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A send cut off half-way desynchronises the Noise nonces: the connection is dead,
+            # so tear it down now instead of leaving a zombie in the peer table.
+            self.close_reason = self.close_reason or f"send failed: {exc or 'broken'}"
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
             raise ConnectionClosed(f"connection to {self.peer_id.short()} is closed") from exc
         self.stats.bytes_out += len(data)
 

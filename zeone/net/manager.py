@@ -9,6 +9,7 @@ after accept, before the handshake costs any CPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -26,7 +27,7 @@ from zeone.net.noise import Hello, secure_accept, secure_dial
 from zeone.net.peers import PeerAddress
 from zeone.net.transport import Address, DialError, TransportRegistry, parse_address
 from zeone.replay import ReplayGuard
-from zeone.rpc import RequestTimeout, Router
+from zeone.rpc import RemoteError, RequestTimeout, Router
 from zeone.wire.frame import WIRE_VERSION
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ DISCOVER_LIMIT = 32
 TARGET_PEERS = 16
 UNSPECIFIED_HOSTS = {"0.0.0.0", "::", ""}
 MAX_ADDRESSES_PER_PEER = 16
+#: Address-book entries kept for peers we are not connected to (oldest forgotten first).
+MAX_BOOK_ENTRIES = 4096
+#: Dials to peers learned through PEX that may run at once.
+DISCOVERY_DIALS = 8
+#: Served by the core plugin; any answer to it proves a connection alive.
+KEEPALIVE_PROTOCOL = "/zeone/core/keepalive/1"
 
 
 @attrs.define
@@ -82,6 +89,8 @@ class ConnectionManager:
         self.book: dict[NodeId, list[str]] = {}
         self.listen_addresses: list[str] = []
         self.handshake_failures = 0
+        self._maintaining: set[Connection] = set()
+        self._discovery_dials = trio.CapacityLimiter(DISCOVERY_DIALS)
         self._handshaking = 0
         self.refused = 0
         self._dialing: dict[NodeId, trio.Event] = {}
@@ -157,7 +166,7 @@ class ConnectionManager:
         if node_id is not None:
             if node_id == self.node_id:
                 raise DialError(target.address or "self", "refusing to dial this node itself")
-            while True:
+            while True:  # re-check after every wait: another waiter may have started a dial
                 existing = self._usable(node_id)
                 if existing is not None:
                     return existing
@@ -165,14 +174,14 @@ class ConnectionManager:
                 if dialing is None:
                     break
                 await dialing.wait()
-                if self._usable(node_id) is None:
-                    break
-            self._dialing[node_id] = trio.Event()
+            mine = self._dialing[node_id] = trio.Event()
         try:
             return await self._dial(target)
         finally:
             if node_id is not None:
-                self._dialing.pop(node_id).set()
+                if self._dialing.get(node_id) is mine:
+                    del self._dialing[node_id]
+                mine.set()
 
     def _usable(self, node_id: NodeId) -> Connection | None:
         conn = self.connections.get(node_id)
@@ -256,7 +265,11 @@ class ConnectionManager:
     async def _run_connection_task(
         self, conn: Connection, remote_host: str | None, *, task_status: trio.TaskStatus[None]
     ) -> None:
-        await self._run_connection(conn, remote_host, task_status=task_status)
+        """Outbound connections run in the manager's nursery: one must never take it down."""
+        try:
+            await self._run_connection(conn, remote_host, task_status=task_status)
+        except Exception:
+            log.exception("connection to %s failed", conn.peer_id.short())
 
     async def _run_connection(
         self,
@@ -307,12 +320,11 @@ class ConnectionManager:
         return (a, b) if dialer(a) < dialer(b) else (b, a)
 
     async def _drain(self, conn: Connection, reason: str) -> None:
-        try:
-            await conn.go_away(reason)
-        except ConnectionClosed:
-            return
+        """GOAWAY, let in-flight work finish, close: bounded, even if the peer never reads."""
         with trio.move_on_after(DRAIN_TIMEOUT):
-            await conn.wait_idle()
+            with contextlib.suppress(ConnectionClosed):
+                await conn.go_away(reason)
+                await conn.wait_idle()
         await conn.close(reason)
 
     # -- bootstrap, discovery, keepalive ------------------------------------------------------
@@ -346,10 +358,12 @@ class ConnectionManager:
             entries = await conn.discover(DISCOVER_LIMIT)
         except (RequestTimeout, ConnectionClosed):
             return
-        for raw_id, addresses in entries:
+        seen: set[NodeId] = set()
+        for raw_id, addresses in entries[:DISCOVER_LIMIT]:  # a peer may answer more than asked
             node_id = NodeId(raw_id)
-            if node_id == self.node_id:
+            if node_id == self.node_id or node_id in seen:
                 continue
+            seen.add(node_id)
             known = self.book.setdefault(node_id, [])
             known.extend(a for a in usable_addresses(addresses) if a not in known)
             del known[MAX_ADDRESSES_PER_PEER:]
@@ -358,7 +372,8 @@ class ConnectionManager:
 
     async def _try_connect(self, node_id: NodeId) -> None:
         try:
-            await self.connect(node_id)
+            async with self._discovery_dials:
+                await self.connect(node_id)
         except (DialError, ZeoneError) as exc:
             log.debug("could not reach discovered peer %s: %s", node_id.short(), exc)
 
@@ -380,26 +395,61 @@ class ConnectionManager:
             await trio.sleep(MAINTENANCE_INTERVAL)
             now = trio.current_time()
             bootstrap_ids = {p.node_id for p in self.bootstrap}
-            async with trio.open_nursery() as nursery:
-                for conn in list(self.connections.values()):
-                    idle = now - conn.last_activity
-                    if (
-                        idle > self.settings.idle_timeout
-                        and not conn.busy
-                        and conn.peer_id not in bootstrap_ids
-                    ):
-                        nursery.start_soon(self._drain, conn, "idle")
-                    elif idle > KEEPALIVE_INTERVAL:
-                        nursery.start_soon(self._keepalive, conn)
+            # Spawned, not awaited: one stuck peer must not stall maintenance for the others.
+            for conn in list(self.connections.values()):
+                if conn in self._maintaining:
+                    continue
+                idle = now - conn.last_activity
+                if (
+                    idle > self.settings.idle_timeout
+                    and not conn.busy
+                    and conn.peer_id not in bootstrap_ids
+                ):
+                    self._nursery.start_soon(self._maintain, self._drain, conn, "idle")
+                elif idle > KEEPALIVE_INTERVAL:
+                    self._nursery.start_soon(self._maintain, self._keepalive, conn)
+            self._forget_stale(now)
+
+    async def _maintain(self, job: Any, conn: Connection, *args: Any) -> None:
+        self._maintaining.add(conn)
+        try:
+            await job(conn, *args)
+        finally:
+            self._maintaining.discard(conn)
 
     async def _keepalive(self, conn: Connection) -> None:
+        """Any answer proves the peer alive; this does not count as activity for idle_timeout.
+
+        A request rather than a PING: PINGs are checked against the peer's clock (replay window),
+        and a skewed clock must not cost honest peers their connections.
+        """
         try:
-            await conn.ping(timeout=self.settings.handshake_timeout)
+            await conn.request(
+                KEEPALIVE_PROTOCOL,
+                None,
+                timeout=self.settings.handshake_timeout,
+                counts_as_activity=False,
+            )
+        except RemoteError:
+            pass  # an error answer is an answer
         except RequestTimeout:
-            log.info("peer %s stopped answering pings; closing", conn.peer_id.short())
+            log.info("peer %s stopped answering; closing", conn.peer_id.short())
             await conn.close("keepalive timeout")
         except ConnectionClosed:
             pass
+
+    def _forget_stale(self, now: float) -> None:
+        """Bound what strangers can make us remember: expired backoffs, the oldest addresses."""
+        for node_id in [n for n, b in self._backoff.items() if b.retry_at < now - BACKOFF_MAX]:
+            del self._backoff[node_id]
+        keep = {p.node_id for p in self.bootstrap} | set(self.connections)
+        excess = len(self.book) - MAX_BOOK_ENTRIES
+        for node_id in list(self.book):
+            if excess <= 0:
+                break
+            if node_id not in keep:
+                del self.book[node_id]
+                excess -= 1
 
     # -- RPC --------------------------------------------------------------------------------
 

@@ -68,6 +68,8 @@ class TestNetwork:
         self.memory = MemoryNetwork(seed=seed, **conditions)
         self.catalog = Catalog.discover(entry_points=entry_points, extra=list(plugins))
         self.nodes: list[Node] = []
+        self._next_index = 0
+        self._names: dict[Node, str] = {}
 
     def __getitem__(self, index: int) -> Node:
         return self.nodes[index]
@@ -76,7 +78,7 @@ class TestNetwork:
         return len(self.nodes)
 
     def name_of(self, node: Node) -> str:
-        return f"node{self.nodes.index(node)}"
+        return self._names[node]
 
     async def add_node(
         self,
@@ -86,7 +88,8 @@ class TestNetwork:
         api: bool = False,
     ) -> Node:
         """Start one more node and return it once all its services are ready."""
-        index = len(self.nodes)
+        index = self._next_index  # reserved now: add_node may run concurrently
+        self._next_index += 1
         name = f"node{index}"
         data_dir = self.data_root / name
         overrides = {"network.listen": [f"memory://{name}"], **(settings or {})}
@@ -101,6 +104,7 @@ class TestNetwork:
             transports=[MemoryTransport(self.memory, name=name)],
             write_runtime_file=False,
         )
+        self._names[node] = name
         await self.nursery.start(node.run)
         self.nodes.append(node)
         # A perfect address book: every node can dial every other by id alone.
