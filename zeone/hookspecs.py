@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import prometheus_client
 
     from zeone.api.routes import RouteRegistrar
+    from zeone.dht import Namespace
     from zeone.net.transport import Transport
     from zeone.node import Node
     from zeone.plugins import PluginInfo
@@ -94,6 +95,21 @@ def zeone_register_protocols(register: Callable[[str, Handler], None], node: Nod
     ``node.rpc.open_stream(peer, protocol_id)``, for bulk or long-lived exchanges (the stream is
     closed when the handler returns). Registered protocol ids are advertised to peers as
     capabilities. Registering an id twice is an error naming the plugin.
+    """
+
+
+@hookspec
+def zeone_register_record_namespaces(register: Callable[[Namespace], None], node: Node) -> None:
+    """Register DHT record namespaces and their validators.
+
+    ``register(zeone.dht.Namespace(name=b"forum", validate=check, multi_publisher=False))``
+    makes keys ``forum:...`` storable in the DHT. ``validate(record)`` raises
+    ``zeone.dht.InvalidRecord(reason)`` for a record no node should keep (bad value format, a
+    publisher that may not write this key); signatures, sizes, TTLs and sequence numbers are
+    checked by the kernel before it is called. ``multi_publisher=True`` keeps one record per
+    publisher under a key (provider-style); otherwise a key is owned by its first publisher and
+    newer sequence numbers from that publisher replace older ones. Built in: ``peer:``,
+    ``provider:``, ``service:``. Registering a name twice is an error naming the plugin.
     """
 
 

@@ -26,6 +26,8 @@ from zeone.api.app import ApiService
 from zeone.api.auth import ensure_token
 from zeone.api.routes import RouteTable
 from zeone.config import Config
+from zeone.dht import DHT_SERVER_CAPABILITY, Namespace, Validators
+from zeone.dht.service import DhtService
 from zeone.errors import ConfigError, PluginError, ZeoneError
 from zeone.identity import Identity, NodeId
 from zeone.net.manager import ConnectionManager
@@ -85,7 +87,20 @@ class Node:
             replay=ReplayGuard(config.data_dir / REPLAY_DB),
         )
         self._transport_owners: dict[str, str] = {t: "core" for t in self.transports.schemes()}
+        #: DHT record namespaces: the built-in ones, plus those plugins register.
+        self.record_validators = Validators.default()
         self._register_everything()
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"data dir {config.data_dir}: {exc.strerror or exc}") from None
+        self._dht_service = DhtService(self, self.record_validators)
+        #: ``node.dht.put/get/find_node/provide/find_providers`` (see zeone.dht.Dht).
+        self.dht = self._dht_service.dht
+        self.network.frame_handlers.update(self._dht_service.frame_handlers())
+        self.network.on_connected.append(self._dht_service.on_connected)
+        if not self._dht_service.client_only:
+            self.network.capabilities.append(DHT_SERVER_CAPABILITY)
 
     # -- identity and config ----------------------------------------------------------------
 
@@ -106,6 +121,7 @@ class Node:
 
     def _register_everything(self) -> None:
         self.plugins.registrar("zeone_register_transports", self._add_transport, node=self)
+        self.plugins.registrar("zeone_register_record_namespaces", self._add_namespace, node=self)
         self.plugins.registrar("zeone_register_protocols", self._add_protocol, node=self)
         self.plugins.registrar("zeone_register_routes", self._add_route, node=self)
         for _plugin, _ in self.plugins.call(
@@ -123,6 +139,12 @@ class Node:
         Gauge(
             "zeone_node_uptime_seconds", "Seconds since the node started.", registry=self.metrics
         ).set_function(self.uptime)
+
+    def _add_namespace(self, plugin: LoadedPlugin, namespace: Namespace) -> None:
+        try:
+            self.record_validators.register(namespace)
+        except ValueError as exc:
+            raise PluginError(f"plugin {plugin.name!r}: {exc}") from None
 
     def _add_transport(self, plugin: LoadedPlugin, transport: Transport) -> None:
         owner = self._transport_owners.get(getattr(transport, "scheme", "").lower())
@@ -162,10 +184,6 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`stop` (or a signal); re-raises a required service's crash."""
-        try:
-            self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"data dir {self.config.data_dir}: {exc.strerror or exc}") from None
         try:
             async with trio.open_nursery() as nursery:
                 if self.handle_signals:
@@ -222,7 +240,10 @@ class Node:
         return not self.stopping.is_set()
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
-        entries: list[tuple[str, Service, bool]] = [("core", self.network, True)]
+        entries: list[tuple[str, Service, bool]] = [
+            ("core", self.network, True),
+            ("core", self._dht_service, True),
+        ]
         if self.config.api.enabled:
             token = ensure_token(self.config.token_file)
             entries.append(("core", ApiService(self, token, self.config.api.bind), True))
@@ -319,6 +340,7 @@ class Node:
             "protocols": self.router.protocols(),
             "listen": list(self.network.listen_addresses),
             "network": self.network.statistics(),
+            "dht": self._dht_service.statistics(),
             "services": [s.snapshot() for s in self._services],
             "sections": sections,
         }

@@ -108,14 +108,26 @@ class Dht:
         self.config = config or DhtConfig()
         if store is not None and validators is not None and store.validators is not validators:
             raise ValueError("the store and the Dht must share one Validators registry")
-        self.validators = validators or (store.validators if store else Validators.default())
-        self.store = store or RecordStore(None, self.validators, durable=False, clock=wall_clock)
+        self.validators = (
+            validators
+            if validators is not None
+            else (store.validators if store is not None else Validators.default())
+        )
+        self.store = (
+            store
+            if store is not None  # an empty store is falsy (it has __len__)
+            else RecordStore(None, self.validators, durable=False, clock=wall_clock)
+        )
         self.client_only = client_only
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
         self.local_contact = Contact(self.node_id, tuple(addresses))
-        self.table = table or RoutingTable(
-            self.node_id, k=self.config.k, max_per_prefix=self.config.max_per_prefix
+        self.table = (
+            table
+            if table is not None
+            else RoutingTable(
+                self.node_id, k=self.config.k, max_per_prefix=self.config.max_per_prefix
+            )
         )
         if self.table.local != self.node_id:
             raise ValueError("the routing table belongs to another node id")
@@ -370,6 +382,11 @@ class Dht:
             raise TypeError(f"sender must be a Contact, got {type(sender).__name__}")
         if not sender_is_client:
             self._observe(sender)
+
+    def observe(self, contact: Contact) -> None:
+        """A DHT server we are connected to (heard from outside a DHT request)."""
+        if not self.client_only and contact.node_id != self.node_id:
+            self._observe(contact)
 
     def _observe(self, contact: Contact) -> None:
         """A server we heard from: into the table, pinging the bucket's oldest if it is full."""

@@ -144,7 +144,7 @@ class SimNetwork:
         self.slow_delay = slow_delay
         self.seed = seed
         self.rng = random.Random(seed)
-        self.validators = validators or Validators.default()
+        self.validators = validators if validators is not None else Validators.default()
         self.wall_clock = wall_clock or virtual_wall_clock()
         self.nodes: dict[int, Dht] = {}
         self.behaviour: dict[int, Behaviour] = {}
@@ -174,7 +174,9 @@ class SimNetwork:
             identity,
             rpc,
             addresses=(f"memory://sim{index}",),
-            store=store or RecordStore(None, self.validators, durable=False, clock=self.wall_clock),
+            store=store
+            if store is not None
+            else RecordStore(None, self.validators, durable=False, clock=self.wall_clock),
             validators=self.validators,
             config=config or self.config,
             client_only=client_only,

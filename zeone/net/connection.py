@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -93,8 +93,24 @@ class ConnectionStats:
 @attrs.define(eq=False)
 class _Pending:
     done: trio.Event = attrs.Factory(trio.Event)
-    response: ServiceResponse | None = None
+    response: Any = None
     error: BaseException | None = None
+    #: The frame type that must answer (SERVICE_RESPONSE, or a kernel protocol's response type).
+    expect: MessageType = MessageType.SERVICE_RESPONSE
+
+
+#: Kernel protocols with frame types of their own (seed 003): request type -> response type.
+#: Both payloads are arrays whose first item is the request id chosen by the requester.
+KERNEL_REQUESTS: dict[MessageType, MessageType] = {
+    MessageType.DHT_FIND_NODE: MessageType.DHT_FIND_NODE_RESP,
+    MessageType.DHT_FIND_VALUE: MessageType.DHT_FIND_VALUE_RESP,
+    MessageType.DHT_STORE: MessageType.DHT_STORE_RESP,
+}
+KERNEL_RESPONSES = frozenset(KERNEL_REQUESTS.values())
+
+#: Answers a kernel request frame synchronously: (connection, raw payload) -> response payload,
+#: or None to send no answer. Raises ProtocolError for a malformed request.
+FrameHandler = Callable[["Connection", Any], Any]
 
 
 class Connection:
@@ -110,6 +126,7 @@ class Connection:
         limits: ConnectionLimits,
         peer_list: Callable[[int, NodeId], list[Any]] | None = None,
         replay: ReplayGuard | None = None,
+        frame_handlers: Mapping[MessageType, FrameHandler] | None = None,
     ) -> None:
         self.channel = channel
         self.outbound = outbound
@@ -118,6 +135,7 @@ class Connection:
         self.limits = limits
         self.peer_list = peer_list
         self.replay = replay
+        self.frame_handlers = dict(frame_handlers or {})
         self.peer_id: NodeId = channel.peer_id
         self.opened_at = time.time()
         self.last_activity = trio.current_time()
@@ -254,6 +272,10 @@ class Connection:
             if self._discover_reply is not None:
                 self._discover_reply.response = reply  # type: ignore[assignment]
                 self._discover_reply.done.set()
+        elif kind in KERNEL_REQUESTS:
+            self._on_kernel_request(kind, frame.payload)
+        elif kind in KERNEL_RESPONSES:
+            self._on_kernel_response(kind, frame.payload)
         elif kind == MessageType.GOAWAY:
             GoAway.from_wire(frame.payload)
             self.draining = True
@@ -277,16 +299,18 @@ class Connection:
     def _reply(self, message: WireMessage) -> None:
         """Send a control reply from its own task, so the read loop never waits on the network
         (two peers both blocked sending while neither reads would deadlock)."""
-        if self._replies >= self.limits.max_inflight:
-            raise ProtocolError("peer sends control messages without reading the replies")
-        self._replies += 1
-        self._nursery.start_soon(self._send_reply, message)
+        self._reply_frame(Frame(message.TYPE, message.to_wire()))
 
-    async def _send_reply(self, message: WireMessage) -> None:
+    def _reply_frame(self, frame: Frame) -> None:
+        if self._replies >= self.limits.max_inflight:
+            raise ProtocolError("peer sends requests without reading the replies")
+        self._replies += 1
+        self._nursery.start_soon(self._send_reply, self._encode_frame(frame))
+
+    async def _send_reply(self, data: bytes) -> None:
         try:
-            await self._send(message)
-        except ConnectionClosed:
-            pass
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_raw(data)
         finally:
             self._replies -= 1
 
@@ -404,11 +428,59 @@ class Connection:
         return response.body
 
     def _on_response(self, response: ServiceResponse) -> None:
-        pending = self._pending.get(response.request_id)
+        self._resolve(MessageType.SERVICE_RESPONSE, response.request_id, response)
+
+    def _resolve(self, kind: MessageType, request_id: int, response: Any) -> None:
+        pending = self._pending.get(request_id)
         if pending is None:
             return  # the caller gave up (timeout or cancellation); drop the late answer
+        if pending.expect != kind:
+            raise ProtocolError(f"{kind.name} answers request {request_id}, which was not one")
         pending.response = response
         pending.done.set()
+
+    # -- kernel protocols with their own frame types (the DHT) -------------------------------
+
+    def _on_kernel_request(self, kind: MessageType, payload: Any) -> None:
+        self.stats.requests_in += 1
+        handler = self.frame_handlers.get(kind)
+        if handler is None or not self._bucket.take():
+            self.stats.refused += 1
+            return  # not served here, or over the rate: the requester times out
+        answer = handler(self, payload)
+        if answer is not None:
+            self._reply_frame(Frame(KERNEL_REQUESTS[kind], answer))
+
+    def _on_kernel_response(self, kind: MessageType, payload: Any) -> None:
+        if type(payload) is not list or not payload or type(payload[0]) is not int:
+            raise ProtocolError(f"malformed {kind.name}: no request id")
+        self._resolve(kind, payload[0], payload)
+
+    async def call(
+        self, kind: MessageType, build: Callable[[int], list[Any]], *, timeout: float = 10.0
+    ) -> list[Any]:
+        """Send a kernel request frame ``build(request_id)`` and return the raw response payload.
+
+        The caller validates the payload (it is hostile input). RequestTimeout or ConnectionClosed.
+        """
+        if self.closed.is_set():
+            raise ConnectionClosed(f"connection to {self.peer_id.short()} is closed")
+        request_id = next(self._ids)
+        pending = _Pending(expect=KERNEL_REQUESTS[kind])
+        self._pending[request_id] = pending
+        self.stats.requests_out += 1
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await self._send_raw(self._encode_frame(Frame(kind, build(request_id))))
+                await pending.done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+            self._maybe_idle()
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"{kind.name} to {self.peer_id.short()} timed out")
+        if pending.error is not None:
+            raise pending.error
+        return pending.response
 
     async def ping(self, *, timeout: float = 10.0) -> float:
         """Round-trip time in seconds."""
@@ -454,9 +526,10 @@ class Connection:
     # -- sending ----------------------------------------------------------------------------
 
     def _encode(self, message: WireMessage) -> bytes:
-        return encode_frame(
-            Frame(message.TYPE, message.to_wire()), max_frame_size=self.limits.max_frame_size
-        )
+        return self._encode_frame(Frame(message.TYPE, message.to_wire()))
+
+    def _encode_frame(self, frame: Frame) -> bytes:
+        return encode_frame(frame, max_frame_size=self.limits.max_frame_size)
 
     async def _send(self, message: WireMessage) -> None:
         await self._send_raw(self._encode(message))

@@ -77,6 +77,12 @@ class ConnectionManager:
         self.router = router
         self.transports = transports
         self.replay = replay
+        #: Extra HELLO capabilities (kernel services such as the DHT add theirs).
+        self.capabilities: list[str] = []
+        #: Frame handlers for kernel protocols with their own frame types (the DHT).
+        self.frame_handlers: dict[Any, Any] = {}
+        #: Called with each newly adopted connection (the DHT feeds its routing table).
+        self.on_connected: list[Any] = []
         self.limits = ConnectionLimits(
             max_frame_size=settings.max_frame_size,
             max_inflight=settings.max_requests_per_peer,
@@ -129,7 +135,7 @@ class ConnectionManager:
     def hello(self) -> Hello:
         return Hello(
             versions=(WIRE_VERSION,),
-            capabilities=tuple(self.router.protocols()),
+            capabilities=tuple(sorted({*self.router.protocols(), *self.capabilities})),
             listen=tuple(self.listen_addresses),
         )
 
@@ -260,6 +266,7 @@ class ConnectionManager:
             limits=self.limits,
             peer_list=self.peer_list,
             replay=self.replay,
+            frame_handlers=self.frame_handlers,
         )
 
     async def _run_connection_task(
@@ -283,6 +290,8 @@ class ConnectionManager:
             async with trio.open_nursery() as nursery:
                 await nursery.start(conn.run)
                 self._adopt(conn, remote_host)
+                for callback in self.on_connected:
+                    callback(conn)
                 log.info(
                     "connected to %s (%s, %s)",
                     conn.peer_id.short(),

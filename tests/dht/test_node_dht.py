@@ -1,0 +1,130 @@
+"""The DHT inside real nodes: joined through a seed, used through node.dht, extended by plugins."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+
+from zeone import PluginInfo
+from zeone.dht import DHT_SERVER_CAPABILITY, InvalidRecord, Namespace, service_key
+from zeone.errors import PluginError
+from zeone.identity import Identity
+from zeone.net.memory import MemoryTransport
+from zeone.node import Node
+from zeone.plugins import Catalog
+from zeone.testing import make_config, open_network
+
+
+def check_note(record) -> None:
+    if not record.value.startswith(b"note:"):
+        raise InvalidRecord("a note starts with 'note:'")
+
+
+class NotesPlugin:
+    __name__ = "notes"
+
+    def zeone_plugin_info(self) -> PluginInfo:
+        return PluginInfo(name="notes", version="1")
+
+    def zeone_register_record_namespaces(self, register, node) -> None:
+        register(Namespace(name=b"notes", validate=check_note))
+
+
+async def _joined_network(net, count: int, **settings):
+    seed = await net.add_node(enable=["notes"])
+    entry = f"{seed.node_id}@{seed.network.listen_addresses[0]}"
+    nodes = []
+    for _ in range(count):
+        node = await net.add_node(
+            enable=["notes"], settings={"network.bootstrap": [entry], **settings}
+        )
+        node.network.book = {seed.node_id: list(seed.network.listen_addresses)}  # seed only
+        nodes.append(node)
+    await trio.sleep(30)  # virtual: bootstrap lookups
+    return seed, nodes
+
+
+async def test_nodes_join_through_a_seed_and_share_records(tmp_path, autojump_clock) -> None:
+    async with open_network(data_root=tmp_path, plugins=[NotesPlugin()]) as net:
+        _seed, nodes = await _joined_network(net, 12)
+        assert all(len(node.dht.table) >= 8 for node in nodes)
+        writer, reader = nodes[0], nodes[-1]
+        result = await writer.dht.put(b"notes:shopping", b"note: milk", ttl=3600)
+        assert result.acks >= 10
+        records = await reader.dht.get(b"notes:shopping")
+        assert [r.value for r in records] == [b"note: milk"]
+        assert records[0].publisher_id == writer.node_id
+        # a value the plugin's validator refuses is refused locally, before any network traffic
+        with pytest.raises(InvalidRecord, match="starts with 'note:'"):
+            await writer.dht.put(b"notes:bad", b"nope")
+
+
+async def test_providers_are_found_by_others(tmp_path, autojump_clock) -> None:
+    async with open_network(data_root=tmp_path, plugins=[NotesPlugin()]) as net:
+        _seed, nodes = await _joined_network(net, 8)
+        exits = nodes[:3]
+        for node in exits:
+            await node.dht.provide(service_key("vpn_exit"))
+        found = await nodes[-1].dht.find_providers(service_key("vpn_exit"))
+        assert {p.contact.node_id for p in found} == {n.node_id for n in exits}
+        assert all(p.contact.addresses for p in found)
+
+
+async def test_light_nodes_use_the_dht_but_never_enter_routing_tables(
+    tmp_path, autojump_clock
+) -> None:
+    async with open_network(data_root=tmp_path, plugins=[NotesPlugin()]) as net:
+        seed, nodes = await _joined_network(net, 6)
+        entry = f"{seed.node_id}@{seed.network.listen_addresses[0]}"
+        phone = await net.add_node(
+            enable=["notes"], settings={"node.role": "mobile", "network.bootstrap": [entry]}
+        )
+        await trio.sleep(30)
+        await nodes[0].dht.put(b"notes:x", b"note: hi")
+        assert [r.value for r in await phone.dht.get(b"notes:x")] == [b"note: hi"]
+        for node in [seed, *nodes]:
+            assert phone.node_id not in {c.node_id for c in node.dht.table}
+        assert DHT_SERVER_CAPABILITY not in phone.network.hello().capabilities
+        assert phone.status()["dht"]["role"] == "client"
+
+
+async def test_records_and_the_routing_table_survive_a_restart(tmp_path, autojump_clock) -> None:
+    async with open_network(data_root=tmp_path, plugins=[NotesPlugin()]) as net:
+        _seed, nodes = await _joined_network(net, 6)
+        node = nodes[2]
+        await nodes[0].dht.put(b"notes:kept", b"note: durable")
+        held = node.dht.store.get(b"notes:kept")
+        await net.stop_node(node)
+        # same data dir and identity, no bootstrap peers: it rejoins from its saved table
+        config = attrs.evolve(
+            node.config, network=attrs.evolve(node.config.network, listen=[], bootstrap=[])
+        )
+        restarted = Node(
+            config,
+            identity=node.identity,
+            catalog=net.catalog,
+            transports=[MemoryTransport(net.memory, name="again")],
+            write_runtime_file=False,
+        )
+        await net.nursery.start(restarted.run)
+        assert restarted.dht.store.get(b"notes:kept") == held
+        assert len(restarted.dht.table) == len(node.dht.table) > 0
+        await trio.sleep(10)
+        assert [r.value for r in await restarted.dht.get(b"notes:kept")] == [b"note: durable"]
+        restarted.stop()
+        await restarted.stopped.wait()
+
+
+def test_a_namespace_registered_twice_names_the_plugin(tmp_path) -> None:
+    class Clash(NotesPlugin):
+        def zeone_register_record_namespaces(self, register, node) -> None:
+            register(Namespace(name=b"service"))
+
+    catalog = Catalog.discover(entry_points=False, extra=[Clash()])
+    with pytest.raises(PluginError, match=r"plugin 'notes'.*'service'"):
+        Node(
+            make_config(tmp_path, enable=["notes"], catalog=catalog),
+            catalog=catalog,
+            identity=Identity.generate(),
+        )
