@@ -120,6 +120,18 @@ def test_nodes_mesh_ping_and_rpc_through_the_cli(make_nodes, count: int) -> None
     greetings = nodes[0].json("hello", "greetings")
     assert [g["from"] for g in greetings] == [ids[-1]]
 
+    # the DHT through the CLI: an owned value and a provider record, written and read on
+    # different nodes
+    put = last.json("dht", "put", "greeting", "hello world")
+    assert put["key"] == f"kv:{ids[-1]}/greeting" and put["acks"] >= 1
+    got = nodes[0].json("dht", "get", put["key"])
+    assert [(r["value"], r["publisher"]) for r in got] == [("hello world", ids[-1])]
+    assert nodes[0].json("dht", "provide", "service:demo")["acks"] >= 1
+    providers = last.json("dht", "providers", "service:demo")
+    assert [p["node_id"] for p in providers] == [ids[0]]
+    missing_key = nodes[0].cli("dht", "get", "kv:nobody/nothing", check=False)
+    assert missing_key.returncode == 1 and "no record" in missing_key.stderr
+
     # an unknown peer is a clear error, not a traceback
     missing = last.cli("ping", "0" * 40, check=False)
     assert missing.returncode == 1

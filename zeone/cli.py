@@ -423,6 +423,102 @@ def connect(state: CliState, peer: str, as_json: bool) -> None:
         console.print(f"connected to {answer['node_id']} at {answer['address']}")
 
 
+@cli.group()
+def dht() -> None:
+    """Use the running node's DHT: records, providers, nodes."""
+
+
+@dht.command("put")
+@click.argument("name")
+@click.argument("value")
+@click.option("--ttl", default=86400, show_default=True, type=click.IntRange(1, 7 * 86400))
+@json_option
+@click.pass_obj
+def dht_put(state: CliState, name: str, value: str, ttl: int, as_json: bool) -> None:
+    """Publish VALUE as kv:<this node>/NAME (only this node can update it)."""
+    answer = state.client().post_json("/dht/records", {"name": name, "value": value, "ttl": ttl})
+    if as_json:
+        print_json(answer)
+    else:
+        console.print(f"stored {answer['key']} on {answer['acks']} nodes")
+
+
+@dht.command("get")
+@click.argument("key")
+@json_option
+@click.pass_obj
+def dht_get(state: CliState, key: str, as_json: bool) -> None:
+    """Look up KEY (e.g. kv:<node id>/greeting, service:vpn_exit)."""
+    from urllib.parse import quote
+
+    rows = state.client().get_json(f"/dht/records?key={quote(key)}")["records"]
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        err_console.print(f"no record for {key}")
+        sys.exit(1)
+    else:
+        print_rows(key, rows, ["value", "publisher", "seq", "ttl"])
+
+
+@dht.command("provide")
+@click.argument("key")
+@json_option
+@click.pass_obj
+def dht_provide(state: CliState, key: str, as_json: bool) -> None:
+    """Announce this node as a provider of KEY (service:... or provider:...)."""
+    answer = state.client().post_json("/dht/providers", {"key": key})
+    if as_json:
+        print_json(answer)
+    else:
+        console.print(f"providing {answer['key']} (stored on {answer['acks']} nodes)")
+
+
+@dht.command("providers")
+@click.argument("key")
+@json_option
+@click.pass_obj
+def dht_providers(state: CliState, key: str, as_json: bool) -> None:
+    """Nodes that provide KEY."""
+    from urllib.parse import quote
+
+    rows = state.client().get_json(f"/dht/providers?key={quote(key)}")["providers"]
+    if as_json:
+        print_json(rows)
+    else:
+        print_rows(f"providers of {key}", rows, ["node_id", "addresses"])
+
+
+@dht.command("find-node")
+@click.argument("node_id")
+@json_option
+@click.pass_obj
+def dht_find_node(state: CliState, node_id: str, as_json: bool) -> None:
+    """The nodes closest to NODE_ID, found by an iterative lookup."""
+    rows = state.client().get_json(f"/dht/nodes?id={node_id}")["nodes"]
+    if as_json:
+        print_json(rows)
+    else:
+        print_rows(f"closest to {node_id[:8]}", rows, ["node_id", "addresses", "distance_bits"])
+
+
+@dht.command("stats")
+@json_option
+@click.pass_obj
+def dht_stats(state: CliState, as_json: bool) -> None:
+    """Routing table, store and lookup counters."""
+    data = state.client().get_json("/dht")
+    if as_json:
+        print_json(data)
+        return
+    table = Table(show_header=False, title="dht", title_justify="left")
+    for section in ("routing", "store", "lookups", "handled"):
+        for key, value in (data.get(section) or {}).items():
+            table.add_row(f"{section}.{key}", _cell(value))
+    table.add_row("role", str(data.get("role")))
+    console.print(table)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("packages", nargs=-1, required=True)
 @click.option("--upgrade", "-U", is_flag=True, help="Upgrade the packages if installed.")

@@ -203,6 +203,7 @@ class Devnet:
             "state",
             "peers",
             "ping ms",
+            "dht",
             "plugins",
             "uptime",
         ):
@@ -218,6 +219,7 @@ class Devnet:
                 f"[green]{state}[/]" if state == "up" else f"[yellow]{state}[/]",
                 "" if m.peers is None else str(m.peers),
                 "" if m.rtt_ms is None else f"{m.rtt_ms:.2f}",
+                str(s.get("dht", {}).get("routing", {}).get("contacts", "")) if s else "",
                 ", ".join(s.get("plugins", [])),
                 f"{s.get('uptime', 0):.0f}s" if s else "",
             )

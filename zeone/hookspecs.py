@@ -108,7 +108,7 @@ def zeone_register_record_namespaces(register: Callable[[Namespace], None], node
     publisher that may not write this key); signatures, sizes, TTLs and sequence numbers are
     checked by the kernel before it is called. ``multi_publisher=True`` keeps one record per
     publisher under a key (provider-style); otherwise a key is owned by its first publisher and
-    newer sequence numbers from that publisher replace older ones. Built in: ``peer:``,
+    newer sequence numbers from that publisher replace older ones. Built in: ``kv:``, ``peer:``,
     ``provider:``, ``service:``. Registering a name twice is an error naming the plugin.
     """
 

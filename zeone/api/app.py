@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from zeone.api.auth import BearerAuth
+from zeone.api.dht import dht_routes
 from zeone.config import parse_host_port
 from zeone.errors import ZeoneError
 from zeone.net.peers import PeerAddress
@@ -70,6 +71,7 @@ def build_app(node: Node, token: str) -> BearerAuth:
         Route("/plugins", plugins),
         Route("/metrics", metrics),
     ]
+    routes += dht_routes(node)
     for route in node.routes.routes:
         routes.append(Route(route.path, route.endpoint, methods=list(route.methods)))
     app = Starlette(routes=routes)

@@ -1,4 +1,7 @@
-"""The built-in record namespaces: peer records and provider records.
+"""The built-in record namespaces: peer, provider and service records, and owned values.
+
+- `kv:<owner node id hex>/<name>` — a small value that only its owner can publish or update
+  (newer sequence numbers replace older ones), e.g. `zeone dht put greeting hello`.
 
 - `peer:<20-byte node id>` — how to reach a node: its addresses, transports, capabilities and role
   (seed 004 §3). Only the node itself may publish it: the publisher's NodeId (derived from the
@@ -26,6 +29,7 @@ from zeone.wire.frame import decode_cbor, encode_cbor
 PEER = b"peer"
 PROVIDER = b"provider"
 SERVICE = b"service"
+KV = b"kv"
 
 ROLES = ("seed", "full", "light", "mobile")
 """Node roles of seed 004 §3."""
@@ -183,8 +187,23 @@ def validate_provider(record: Record) -> None:
     ProviderInfo.from_value(record.value)
 
 
+def kv_key(owner: NodeId, name: str) -> bytes:
+    """`kv:<owner node id hex>/<name>`: a mutable value only its owner can publish (like IPNS)."""
+    return KV + b":" + str(owner).encode() + b"/" + name.encode()
+
+
+def validate_kv(record: Record) -> None:
+    rest = record.key[len(KV) + 1 :]
+    owner, slash, name = rest.partition(b"/")
+    if not slash or not name:
+        raise InvalidRecord("a kv key is kv:<owner node id>/<name>")
+    if owner != str(record.publisher_id).encode():
+        raise InvalidRecord("only the owner named in a kv key may publish it")
+
+
 def builtin_namespaces() -> list[Namespace]:
     return [
+        Namespace(KV, validate_kv, description="a value owned by the node named in the key"),
         Namespace(PEER, validate_peer, description="how to reach a node (self-published)"),
         Namespace(
             PROVIDER,
