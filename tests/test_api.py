@@ -113,6 +113,8 @@ async def test_metrics_in_prometheus_text(api_node: Node) -> None:
     assert f'node_id="{api_node.node_id}"' in text
     assert 'role="full"' in text
     assert "zeone_node_uptime_seconds " in text
+    for gauge in ("zeone_peers_connected", "zeone_dht_routing_contacts", "zeone_dht_records"):
+        assert f"{gauge} " in text
     assert "zeone_plugins_enabled 1.0" in text
     assert "zeone_hello_greetings_total 3.0" in text  # registered by the plugin
 

@@ -99,6 +99,7 @@ class Node:
         self.dht = self._dht_service.dht
         self.network.frame_handlers.update(self._dht_service.frame_handlers())
         self.network.on_connected.append(self._dht_service.on_connected)
+        self.network.resolver = self._dht_service.resolve
         if not self._dht_service.client_only:
             self.network.capabilities.append(DHT_SERVER_CAPABILITY)
 

@@ -128,3 +128,27 @@ def test_a_namespace_registered_twice_names_the_plugin(tmp_path) -> None:
             catalog=catalog,
             identity=Identity.generate(),
         )
+
+
+async def test_a_peer_is_reached_by_id_alone_through_its_peer_record(
+    tmp_path, autojump_clock
+) -> None:
+    async with open_network(data_root=tmp_path, plugins=[NotesPlugin()]) as net:
+        _seed, nodes = await _joined_network(net, 10)
+        a, b = nodes[0], nodes[-1]
+        if b.node_id in a.network.connections:
+            await a.network.connections[b.node_id].close()
+        await trio.sleep(1)
+        a.network.book.pop(b.node_id, None)  # a knows nothing about how to reach b
+        resolved = []
+        dht_resolver = a.network.resolver
+
+        async def counting_resolver(node_id):
+            resolved.append(node_id)
+            return await dht_resolver(node_id)
+
+        a.network.resolver = counting_resolver
+        peer, _ = await a.rpc.ping(b.node_id)
+        assert peer == b.node_id
+        assert resolved == [b.node_id]
+        assert a.network.book[b.node_id] == b.network.listen_addresses

@@ -33,12 +33,14 @@ from zeone.dht.messages import (
     Store,
     StoreResponse,
 )
-from zeone.dht.namespaces import CLIENT_ROLES
-from zeone.dht.records import Validators
+from zeone.dht.namespaces import CLIENT_ROLES, PeerInfo, peer_key
+from zeone.dht.records import InvalidRecord, Validators
 from zeone.dht.routing import RoutingTable
 from zeone.dht.store import RecordStore
 from zeone.errors import ZeoneError
-from zeone.net.manager import KEEPALIVE_PROTOCOL, usable_addresses
+from zeone.identity import NodeId
+from zeone.net.manager import KEEPALIVE_PROTOCOL, UNSPECIFIED_HOSTS, usable_addresses
+from zeone.net.transport import parse_address
 from zeone.rpc import RemoteError
 from zeone.wire.frame import MessageType, decode_cbor, encode_cbor
 
@@ -52,6 +54,8 @@ STORE_FILE = "dht.sqlite3"
 TABLE_FILE = "routing-table.cbor"
 SAVE_INTERVAL = 300.0
 BOOTSTRAP_RETRY = 2.0
+PEER_RECORD_TTL = 6 * 3600
+MAX_PEER_ADDRESSES = 16
 
 
 class ConnectionDhtRpc:
@@ -63,7 +67,7 @@ class ConnectionDhtRpc:
     async def _connection(self, contact: Contact) -> Connection:
         known = self.network.book.setdefault(contact.node_id, [])
         known.extend(a for a in usable_addresses(contact.addresses) if a not in known)
-        return await self.network.connect(contact.node_id)
+        return await self.network.connect(contact.node_id, resolve=False)
 
     async def find_node(self, contact: Contact, target: Any) -> list[Contact]:
         conn = await self._connection(contact)
@@ -193,8 +197,40 @@ class DhtService:
                     size = 0
                 if size:
                     log.info("joined the DHT: %d contacts in the routing table", size)
+                    await self._publish_peer_record()
                     return
             await trio.sleep(BOOTSTRAP_RETRY)
+
+    async def _publish_peer_record(self) -> None:
+        """Tell the network how to reach us (republished by the Dht while we run).
+
+        Only dialable addresses go in: a listener on 0.0.0.0 is learned by peers from the
+        connections we make instead.
+        """
+        addresses = [a for a in self.node.network.listen_addresses if _dialable(a)][
+            :MAX_PEER_ADDRESSES
+        ]
+        if not addresses:
+            return
+        info = PeerInfo(
+            addresses=tuple(addresses),
+            transports=tuple(self.node.transports.schemes()),
+            capabilities=tuple(self.node.network.hello().capabilities),
+            role=self.node.config.node.role,
+        )
+        try:
+            await self.dht.put(peer_key(self.node.node_id), info.to_value(), PEER_RECORD_TTL)
+        except ZeoneError as exc:
+            log.warning("could not publish this node's peer record: %s", exc)
+
+    async def resolve(self, node_id: NodeId) -> list[str]:
+        """Addresses from ``node_id``'s own signed peer record in the DHT."""
+        for record in await self.dht.get(peer_key(node_id)):
+            try:
+                return list(PeerInfo.from_value(record.value).addresses)
+            except InvalidRecord:
+                continue
+        return []
 
     async def _save_periodically(self) -> None:
         while True:
@@ -212,6 +248,14 @@ class DhtService:
 
     def statistics(self) -> dict[str, Any]:
         return {"role": "client" if self.client_only else "server", **self.dht.statistics()}
+
+
+def _dialable(text: str) -> bool:
+    try:
+        address = parse_address(text)
+    except ValueError:
+        return False
+    return address.host not in UNSPECIFIED_HOSTS and address.port != 0
 
 
 def _load_table(path: Path, local: Any) -> tuple[RoutingTable | None, int]:

@@ -83,6 +83,9 @@ class ConnectionManager:
         self.frame_handlers: dict[Any, Any] = {}
         #: Called with each newly adopted connection (the DHT feeds its routing table).
         self.on_connected: list[Any] = []
+        #: ``async (node_id) -> [addresses]`` for peers with no known address (the DHT's peer
+        #: records); None until the DHT runs.
+        self.resolver: Any = None
         self.limits = ConnectionLimits(
             max_frame_size=settings.max_frame_size,
             max_inflight=settings.max_requests_per_peer,
@@ -163,8 +166,14 @@ class ConnectionManager:
 
     # -- dialing ----------------------------------------------------------------------------
 
-    async def connect(self, peer: NodeId | PeerAddress | str) -> Connection:
-        """The open connection to ``peer``, dialing it if needed (one dial at a time per peer)."""
+    async def connect(
+        self, peer: NodeId | PeerAddress | str, *, resolve: bool = True
+    ) -> Connection:
+        """The open connection to ``peer``, dialing it if needed (one dial at a time per peer).
+
+        A peer with no known address is looked up through ``resolver`` (the DHT's peer records)
+        unless ``resolve`` is False (the DHT's own RPCs, which must not recurse into lookups).
+        """
         target = PeerAddress.parse(peer) if isinstance(peer, str) else peer
         if isinstance(target, NodeId):
             target = PeerAddress("", target)
@@ -182,12 +191,32 @@ class ConnectionManager:
                 await dialing.wait()
             mine = self._dialing[node_id] = trio.Event()
         try:
+            if resolve and node_id is not None and not self._addresses(target):
+                await self._resolve(node_id)
             return await self._dial(target)
         finally:
             if node_id is not None:
                 if self._dialing.get(node_id) is mine:
                     del self._dialing[node_id]
                 mine.set()
+
+    def _addresses(self, target: PeerAddress) -> list[str]:
+        known = [target.address] if target.address else []
+        if target.node_id is not None:
+            known += self.book.get(target.node_id, [])
+        return known
+
+    async def _resolve(self, node_id: NodeId) -> None:
+        if self.resolver is None:
+            return
+        try:
+            found = await self.resolver(node_id)
+        except ZeoneError as exc:
+            log.debug("could not resolve %s: %s", node_id.short(), exc)
+            return
+        usable = usable_addresses(found)
+        if usable:
+            self.book[node_id] = usable
 
     def _usable(self, node_id: NodeId) -> Connection | None:
         conn = self.connections.get(node_id)
@@ -197,9 +226,7 @@ class ConnectionManager:
 
     async def _dial(self, target: PeerAddress) -> Connection:
         node_id = target.node_id
-        addresses = [target.address] if target.address else []
-        if node_id is not None:
-            addresses += [a for a in self.book.get(node_id, []) if a not in addresses]
+        addresses = list(dict.fromkeys(self._addresses(target)))
         if not addresses:
             raise DialError(str(node_id), "no known address for this peer")
         backoff = self._backoff.get(node_id) if node_id else None
@@ -503,12 +530,17 @@ class ConnectionManager:
 
     # -- introspection ----------------------------------------------------------------------
 
+    @property
+    def open_connections(self) -> int:
+        """Connections in any state, handshakes done (draining ones included)."""
+        return len(self._all)
+
     def peers(self) -> list[dict[str, Any]]:
         return [conn.snapshot() for conn in self.connections.values()]
 
     def statistics(self) -> dict[str, Any]:
         return {
-            "connections": len(self._all),
+            "connections": self.open_connections,
             "peers": len(self.connections),
             "listen": list(self.listen_addresses),
             "known_peers": len(self.book),
