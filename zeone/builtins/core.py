@@ -39,27 +39,26 @@ def zeone_register_metrics(registry: CollectorRegistry, node: Node) -> None:
     Gauge(
         "zeone_plugins_enabled", "Number of enabled plugins (core excluded).", registry=registry
     ).set_function(lambda: len(node.plugins.names) - 1)
-    network = node.network
     for name, doc, read in [
         (
             "zeone_peers_connected",
             "Peers with an open connection.",
-            lambda: len(network.connections),
+            lambda: len(node.network.connections),
         ),
         (
             "zeone_connections_open",
             "Connections, including draining ones.",
-            lambda: network.open_connections,
+            lambda: node.network.open_connections,
         ),
         (
             "zeone_handshake_failures",
             "Inbound handshakes that failed since start.",
-            lambda: network.handshake_failures,
+            lambda: node.network.handshake_failures,
         ),
         (
             "zeone_connections_refused",
             "Inbound connections refused by the limit.",
-            lambda: network.refused,
+            lambda: node.network.refused,
         ),
         (
             "zeone_dht_routing_contacts",
