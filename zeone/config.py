@@ -102,6 +102,20 @@ class NetworkSection:
     )
     #: Seed peers as ``<node id>@<address>``, e.g. ``3f...9a@tcp://198.51.100.7:4001``.
     bootstrap: list[str] = attrs.field(factory=list, validator=_each(_check_peer))
+    #: DNS names with TXT (``zeone=<id>@<address>``) or SRV seed records, used when no bootstrap
+    #: peer answers (seed 004 section 8.1).
+    bootstrap_dns: list[str] = attrs.Factory(list)
+    #: ``host:port`` of the DNS server to ask for them; empty means the system resolver.
+    dns_server: str = attrs.field(default="")
+
+    @dns_server.validator
+    def _check_dns_server(self, attribute: attrs.Attribute, value: str) -> None:
+        if value:
+            try:
+                parse_host_port(value)
+            except ValueError as exc:
+                raise ValueError(f"'{attribute.name}' {exc}") from None
+
     #: Transport schemes in order of preference when a peer advertises several addresses.
     transports: list[str] = attrs.Factory(lambda: ["tcp"])
     max_connections: int = attrs.field(default=512, validator=_positive)

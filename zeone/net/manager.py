@@ -36,6 +36,8 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 BOOTSTRAP_INTERVAL = 5.0
 BOOTSTRAP_RETRY = 0.5
+#: Failed bootstrap rounds (no connection at all) before the DNS seed lists are consulted.
+DNS_FALLBACK_AFTER = 4
 MAINTENANCE_INTERVAL = 15.0
 KEEPALIVE_INTERVAL = 30.0
 DRAIN_TIMEOUT = 10.0
@@ -129,7 +131,7 @@ class ConnectionManager:
                 bound = await nursery.start(self.transports.listen, text, self._accept)
                 self.listen_addresses.append(str(bound))
                 log.info("listening on %s", bound)
-            if self.bootstrap:
+            if self.bootstrap or self.settings.bootstrap_dns:
                 nursery.start_soon(self._bootstrap_loop)
             nursery.start_soon(self._maintenance_loop)
             task_status.started(self.listen_addresses)
@@ -366,7 +368,10 @@ class ConnectionManager:
     # -- bootstrap, discovery, keepalive ------------------------------------------------------
 
     async def _bootstrap_loop(self) -> None:
+        failed_rounds = 0
         while True:
+            if self.settings.bootstrap_dns and failed_rounds == DNS_FALLBACK_AFTER:
+                await self._add_dns_seeds()
             for index, peer in enumerate(self.bootstrap):
                 if peer.node_id is not None and self._usable(peer.node_id):
                     continue
@@ -387,7 +392,27 @@ class ConnectionManager:
                     self.bootstrap[index] = PeerAddress(peer.address, conn.peer_id)
                 self._nursery.start_soon(self._discover_from, conn)
             # Alone, retry soon (dial backoff still spaces real attempts); else just check in.
+            failed_rounds = 0 if self.connections else failed_rounds + 1
             await trio.sleep(BOOTSTRAP_INTERVAL if self.connections else BOOTSTRAP_RETRY)
+
+    async def _add_dns_seeds(self) -> None:
+        """No configured seed answered: ask DNS for more (seed 004 section 8.1)."""
+        from zeone.net.dns_seeds import make_resolver, resolve_seeds
+
+        try:
+            resolver = make_resolver(self.settings.dns_server)
+        except ValueError as exc:
+            log.warning("bad dns_server %r: %s", self.settings.dns_server, exc)
+            return
+        seeds = await resolve_seeds(list(self.settings.bootstrap_dns), resolver)
+        known = {(p.address, p.node_id) for p in self.bootstrap}
+        fresh = [s for s in seeds if (s.address, s.node_id) not in known]
+        if fresh:
+            log.info("found %d seed peers in DNS", len(fresh))
+        for seed in fresh:
+            self.bootstrap.append(seed)
+            if seed.node_id is not None:
+                self.book.setdefault(seed.node_id, []).append(seed.address)
 
     async def _discover_from(self, conn: Connection) -> None:
         try:
