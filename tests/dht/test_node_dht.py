@@ -152,3 +152,33 @@ async def test_a_peer_is_reached_by_id_alone_through_its_peer_record(
         assert peer == b.node_id
         assert resolved == [b.node_id]
         assert a.network.book[b.node_id] == b.network.listen_addresses
+
+
+async def test_a_find_node_flood_is_rate_limited_and_honest_lookups_go_on(
+    tmp_path, autojump_clock
+) -> None:
+    from zeone.dht.messages import FindNode
+    from zeone.net.noise import Hello, secure_dial
+    from zeone.net.transport import parse_address
+    from zeone.wire.frame import Frame, FrameDecoder, MessageType, encode_frame
+
+    async with open_network(data_root=tmp_path, plugins=[NotesPlugin()]) as net:
+        _seed, nodes = await _joined_network(net, 6, **{"network.max_request_rate": 100.0})
+        victim, honest = nodes[0], nodes[1]
+        stream = await MemoryTransport(net.memory, name="flooder").dial(
+            parse_address(victim.network.listen_addresses[0])
+        )
+        channel = await secure_dial(stream, Identity.generate(), Hello(), victim.node_id)
+        flood = b"".join(
+            encode_frame(Frame(MessageType.DHT_FIND_NODE, FindNode(i, victim.node_id).to_wire()))
+            for i in range(1, 2001)
+        )
+        await channel.send_all(flood)
+        decoder, answers = FrameDecoder(), 0
+        with trio.move_on_after(5):
+            while data := await channel.receive_some():
+                answers += len(decoder.feed(data))
+        assert 200 <= answers <= 260  # the burst (2 x rate) and what refilled in 5 s
+        assert (await honest.dht.find_node(victim.node_id))[0].node_id == victim.node_id
+        await nodes[2].dht.put(b"notes:after-flood", b"note: fine")
+        assert await honest.dht.get(b"notes:after-flood")
