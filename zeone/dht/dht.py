@@ -226,7 +226,9 @@ class Dht:
 
         Kademlia's join: look up our own id, which fills the buckets near us and tells the nodes
         near us about us, then refresh every bucket further away than our closest neighbour.
-        Returns the number of contacts in the routing table afterwards.
+        Once the own-id lookup is done the node is reachable and can look anything up, so while
+        the service runs the refreshes continue in the background (as libp2p does) instead of
+        delaying the join. Returns the number of contacts in the routing table.
         """
         for contact in contacts:
             if contact.node_id != self.node_id:
@@ -239,7 +241,10 @@ class Dht:
             return len(self.table)
         nearest = self.table.bucket_index(neighbour.node_id)
         targets = [self.table.random_id_in_bucket(i, self.rng) for i in range(nearest)]
-        await self._run_lookups(targets)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_lookups, targets)
+        else:
+            await self._run_lookups(targets)
         return len(self.table)
 
     # -- inbound handlers -----------------------------------------------------------------------
