@@ -19,6 +19,7 @@ contact they touch:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -38,10 +39,12 @@ IPV4_PREFIX = 24
 IPV6_PREFIX = 64
 
 
+@functools.lru_cache(maxsize=65536)
 def _address_prefix(address: str) -> str | None:
     """The eclipse-limit group of one address, or None if it is exempt.
 
-    Raises ValueError if the address is malformed (so construction rejects it).
+    Raises ValueError if the address is malformed (so construction rejects it). Cached: the same
+    addresses come back in almost every lookup answer, and parsing them was ~20% of a lookup's CPU.
     """
     parsed = parse_address(address)
     if parsed.scheme == "memory" or not parsed.host:
