@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,27 @@ def _git_commit() -> str | None:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def op_summary(samples: Sequence[tuple[bool, float]], not_done: int = 0) -> dict[str, Any]:
+    """Latency percentiles of the successful operations, success rate over all of them."""
+    ok = [t for success, t in samples if success]
+    every = [t for _, t in samples]
+    total = len(samples) + not_done  # operations a phase budget cut off count as failures
+    return {
+        "n": len(samples),
+        "not_done": not_done,
+        "success_rate": round(len(ok) / total, 4) if total else None,
+        "p50_ms": round(percentile(ok, 50) * 1000, 3) if ok else None,
+        "p95_ms": round(percentile(ok, 95) * 1000, 3) if ok else None,
+        "max_ms": round(max(ok) * 1000, 3) if ok else None,
+        "p95_all_ms": round(percentile(every, 95) * 1000, 3) if every else None,
+    }
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_kib(pid: int | None = None) -> int:

@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -55,7 +54,7 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, percentile, rss_kib, write_results
+from common import cpu_seconds, markdown_table, op_summary, percentile, rss_kib, write_results
 
 from zeone.dht.namespaces import kv_key
 from zeone.identity import Identity
@@ -75,27 +74,6 @@ PEERS = {
 CHURN_FRACTION = 0.25
 CHURN_CONCURRENCY = 8
 TARGETS = {"get_p50_ms": 5.0, "put_p50_ms": 20.0, "join_p50_ms": 50.0, "churn_get_p95_ms": 2000.0}
-
-
-def op_summary(samples: Sequence[tuple[bool, float]], not_done: int = 0) -> dict[str, Any]:
-    """Latency percentiles of the successful operations, success rate over all of them."""
-    ok = [t for success, t in samples if success]
-    every = [t for _, t in samples]
-    total = len(samples) + not_done  # operations a phase budget cut off count as failures
-    return {
-        "n": len(samples),
-        "not_done": not_done,
-        "success_rate": round(len(ok) / total, 4) if total else None,
-        "p50_ms": round(percentile(ok, 50) * 1000, 3) if ok else None,
-        "p95_ms": round(percentile(ok, 95) * 1000, 3) if ok else None,
-        "max_ms": round(max(ok) * 1000, 3) if ok else None,
-        "p95_all_ms": round(percentile(every, 95) * 1000, 3) if every else None,
-    }
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # -- worker: one process, one trio.run, several ZEONE nodes ------------------------------------

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import resource
 import signal
 import sys
 import time
@@ -32,33 +31,13 @@ from typing import Any
 
 # benchmarks/common.py has no dependency on zeone, so this venv can share its statistics.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import percentile, rss_kib
+from common import cpu_seconds, op_summary, percentile, rss_kib
 from kademlia.network import Server
 from kademlia.utils import digest
 
 CHURN_FRACTION = 0.25
 CHURN_CONCURRENCY = 8
 HOST = "127.0.0.1"
-
-
-def op_summary(samples: Sequence[tuple[bool, float]], not_done: int = 0) -> dict[str, Any]:
-    ok = [t for success, t in samples if success]
-    every = [t for _, t in samples]
-    total = len(samples) + not_done  # operations a phase budget cut off count as failures
-    return {
-        "n": len(samples),
-        "not_done": not_done,
-        "success_rate": round(len(ok) / total, 4) if total else None,
-        "p50_ms": round(percentile(ok, 50) * 1000, 3) if ok else None,
-        "p95_ms": round(percentile(ok, 95) * 1000, 3) if ok else None,
-        "max_ms": round(max(ok) * 1000, 3) if ok else None,
-        "p95_all_ms": round(percentile(every, 95) * 1000, 3) if every else None,
-    }
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def table_size(server: Server) -> int:

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import random
-import resource
 import signal
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import multiaddr
 import trio
-from common import percentile, rss_kib
+from common import cpu_seconds, op_summary, percentile, rss_kib
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair as new_ed25519_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -63,26 +62,6 @@ class AcceptAll(Validator):
 
     def select(self, key: str, values: list[bytes]) -> int:
         return 0
-
-
-def op_summary(samples: Sequence[tuple[bool, float]], not_done: int = 0) -> dict[str, Any]:
-    ok = [t for success, t in samples if success]
-    every = [t for _, t in samples]
-    total = len(samples) + not_done  # operations a phase budget cut off count as failures
-    return {
-        "n": len(samples),
-        "not_done": not_done,
-        "success_rate": round(len(ok) / total, 4) if total else None,
-        "p50_ms": round(percentile(ok, 50) * 1000, 3) if ok else None,
-        "p95_ms": round(percentile(ok, 95) * 1000, 3) if ok else None,
-        "max_ms": round(max(ok) * 1000, 3) if ok else None,
-        "p95_all_ms": round(percentile(every, 95) * 1000, 3) if every else None,
-    }
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def make_host(max_conns: int | None) -> Any:
