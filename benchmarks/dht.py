@@ -905,7 +905,7 @@ def main() -> None:
         if "error" in results[name]:
             log(f"{name}: {results[name]['error']}")
     table = report(results)
-    path = write_results("dht", results, table)
+    path = write_results("dht-quick" if args.quick else "dht", results, table)
     print(table)
     print(f"\nwrote {path}")
 

@@ -476,7 +476,7 @@ def main() -> None:
                 python, args.quick, args.mib // 4, args.rpc_rounds // 2, args.handshakes // 2
             )
     table = report(results)
-    path = write_results("transport", results, table)
+    path = write_results("transport-quick" if args.quick else "transport", results, table)
     print(table)
     print(f"\nwrote {path}")
 
