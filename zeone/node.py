@@ -94,13 +94,13 @@ class Node:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"data dir {config.data_dir}: {exc.strerror or exc}") from None
-        self._dht_service = DhtService(self, self.record_validators)
+        self.dht_service = DhtService(self, self.record_validators)
         #: ``node.dht.put/get/find_node/provide/find_providers`` (see zeone.dht.Dht).
-        self.dht = self._dht_service.dht
-        self.network.frame_handlers.update(self._dht_service.frame_handlers())
-        self.network.on_connected.append(self._dht_service.on_connected)
-        self.network.resolver = self._dht_service.resolve
-        if not self._dht_service.client_only:
+        self.dht = self.dht_service.dht
+        self.network.frame_handlers.update(self.dht_service.frame_handlers())
+        self.network.on_connected.append(self.dht_service.on_connected)
+        self.network.resolver = self.dht_service.resolve
+        if not self.dht_service.client_only:
             self.network.capabilities.append(DHT_SERVER_CAPABILITY)
 
     # -- identity and config ----------------------------------------------------------------
@@ -243,7 +243,7 @@ class Node:
     async def _start_services(self, nursery: trio.Nursery) -> None:
         entries: list[tuple[str, Service, bool]] = [
             ("core", self.network, True),
-            ("core", self._dht_service, True),
+            ("core", self.dht_service, True),
         ]
         if self.config.api.enabled:
             token = ensure_token(self.config.token_file)
@@ -341,7 +341,7 @@ class Node:
             "protocols": self.router.protocols(),
             "listen": list(self.network.listen_addresses),
             "network": self.network.statistics(),
-            "dht": self._dht_service.statistics(),
+            "dht": self.dht_service.statistics(),
             "services": [s.snapshot() for s in self._services],
             "sections": sections,
         }

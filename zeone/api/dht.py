@@ -84,7 +84,7 @@ def dht_routes(node: Node) -> list[Route]:
         return data
 
     async def stats(_request: Request) -> Response:
-        return JSONResponse(node.status()["dht"])
+        return JSONResponse(node.dht_service.statistics())
 
     async def get_records(request: Request) -> Response:
         async def action(request: Request) -> Any:
