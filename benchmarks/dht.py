@@ -96,7 +96,7 @@ class WorkerState:
 
     def instrument(self, node: Any) -> None:
         """Count the time SQLite writes take on the event loop (every STORE and own put)."""
-        store = node._dht_service.store
+        store = node.dht_service.store
         if self.sync != "full":
             store._connect().execute(f"PRAGMA synchronous={self.sync.upper()}")
         put_detailed = store.put_detailed
@@ -124,7 +124,7 @@ class WorkerState:
         self.instrument(node)
         # The DHT service runs its join (Dht.bootstrap through the seed) as a background task:
         # wrap it to learn when it is done.
-        service = node._dht_service
+        service = node.dht_service
         join = service._join
         joined = trio.Event()
 

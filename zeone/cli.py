@@ -440,7 +440,7 @@ def dht_put(state: CliState, name: str, value: str, ttl: int, as_json: bool) -> 
     if as_json:
         print_json(answer)
     else:
-        console.print(f"stored {answer['key']} on {answer['acks']} nodes")
+        console.print(f"stored {answer['key']} on {answer['acks']} nodes{_pending(answer)}")
 
 
 @dht.command("get")
@@ -471,7 +471,8 @@ def dht_provide(state: CliState, key: str, as_json: bool) -> None:
     if as_json:
         print_json(answer)
     else:
-        console.print(f"providing {answer['key']} (stored on {answer['acks']} nodes)")
+        stored = f"stored on {answer['acks']} nodes{_pending(answer)}"
+        console.print(f"providing {answer['key']} ({stored})")
 
 
 @dht.command("providers")
@@ -742,3 +743,8 @@ def build_cli() -> tuple[click.Group, Catalog]:
 def main(argv: Sequence[str] | None = None) -> None:
     group, catalog = build_cli()
     group.main(args=argv, prog_name="zeone", obj=CliState(catalog))
+
+
+def _pending(answer: dict[str, Any]) -> str:
+    pending = answer.get("pending", 0)
+    return f", {pending} more in progress" if pending else ""

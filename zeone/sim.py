@@ -106,7 +106,9 @@ async def _phase(net: SimNetwork, settings: SimSettings, keys: list[bytes], rng:
 
 async def run_dht_simulation(settings: SimSettings) -> dict[str, Any]:
     rng = random.Random(settings.seed)
-    config = DhtConfig(disjoint_paths=settings.disjoint_paths, rpc_timeout=settings.rpc_timeout)
+    config = DhtConfig(
+        disjoint_paths=settings.disjoint_paths, rpc_timeout=settings.rpc_timeout, put_quorum=None
+    )
     tracemalloc.start()
     built = time.perf_counter()
     net = SimNetwork(config=config, latency=settings.latency, seed=settings.seed)

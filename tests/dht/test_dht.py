@@ -244,3 +244,42 @@ async def test_find_value_answers_stay_bounded() -> None:
     records, _ = tight.handle_find_value(nodes[1].local_contact, key)
     assert 0 < len(records) < 11
     assert sum(r.size() for r in records) <= 300
+
+
+async def test_put_returns_at_its_quorum_and_replicates_to_k_in_the_background(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(seed=5, slow_delay=2.0, config=DhtConfig(put_quorum=3))
+    nodes = net.spawn_many(30)
+    net.seed_tables()
+    for slow in nodes[10:20]:
+        net.set_behaviour(slow, Behaviour.SLOW)
+    publisher = nodes[0]
+    key = peer_key(publisher.node_id)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run)
+        result = await publisher.put(key, PeerInfo(role="full").to_value())
+        holders = sum(bool(d.store.get(key)) for d in nodes[1:])
+        # Returned at the quorum: the slow peers among the k closest had not answered yet.
+        assert result.acks >= 3
+        assert result.pending > 0
+        assert holders == result.acks < result.attempted == 20
+        await trio.sleep(net.slow_delay + 1)  # the background STOREs land
+        assert sum(bool(d.store.get(key)) for d in nodes[1:]) == 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_put_without_a_quorum_waits_for_every_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = SimNetwork(seed=5, slow_delay=2.0, config=DhtConfig(put_quorum=None))
+    nodes = net.spawn_many(30)
+    net.seed_tables()
+    for slow in nodes[10:20]:
+        net.set_behaviour(slow, Behaviour.SLOW)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(nodes[0].run)
+        result = await nodes[0].put(peer_key(nodes[0].node_id), PeerInfo(role="full").to_value())
+        assert result.acks == result.attempted == 20
+        assert result.pending == 0
+        nursery.cancel_scope.cancel()

@@ -105,7 +105,12 @@ def dht_routes(node: Node) -> list[Route]:
                 raise BadRequest(f"ttl: seconds, 1-{MAX_TTL}")
             key = kv_key(node.node_id, name)
             result = await node.dht.put(key, value.encode(), ttl)
-            return {"key": show_key(key), "acks": result.acks, "attempted": result.attempted}
+            return {
+                "key": show_key(key),
+                "acks": result.acks,
+                "attempted": result.attempted,
+                "pending": result.pending,
+            }
 
         return await guarded(request, action)
 
@@ -129,7 +134,12 @@ def dht_routes(node: Node) -> list[Route]:
                 result = await node.dht.provide(key)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
-            return {"key": show_key(key), "acks": result.acks, "attempted": result.attempted}
+            return {
+                "key": show_key(key),
+                "acks": result.acks,
+                "attempted": result.attempted,
+                "pending": result.pending,
+            }
 
         return await guarded(request, action)
 

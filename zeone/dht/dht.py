@@ -72,6 +72,9 @@ class DhtConfig:
     """Records in one FIND_VALUE answer (`messages.MAX_RECORDS`)."""
     max_answer_bytes: int = 1024 * 1024
     """Bytes of records in one FIND_VALUE answer, well inside the 4 MiB frame limit."""
+    put_quorum: int | None = 3
+    """`put` returns once this many peers have durably stored the record; the STOREs to the rest
+    of the k closest go on in the background. None waits for all k."""
     max_pings: int = 16
     """Ping-before-evict probes in flight at once; newcomers beyond that wait in the
     replacement cache."""
@@ -194,7 +197,7 @@ class Dht:
         outcome = self.store.put_detailed(record, original=True)
         if not outcome.accepted:
             raise InvalidRecord(outcome.reason)
-        return await self._store_remote(record)
+        return await self._store_remote(record, quorum=self.config.put_quorum)
 
     async def provide(
         self, key: bytes, ttl: int | None = None, *, meta: dict[str, Any] | None = None
@@ -363,9 +366,9 @@ class Dht:
             seq = max(now_ms, previous + 1 if previous is not None else 0)
         return Record.create(self.identity, key, value, seq, ttl, created=now_ms)
 
-    async def _store_remote(self, record: Record) -> StoreResult:
+    async def _store_remote(self, record: Record, *, quorum: int | None = None) -> StoreResult:
         seeds = self.table.closest(record.target, self.config.k)
-        result = await self.lookups.store(record, seeds)
+        result = await self.lookups.store(record, seeds, quorum=quorum, background=self._nursery)
         self.table.mark_refreshed(record.target, trio.current_time())
         return result
 

@@ -141,6 +141,26 @@ class StoreResult:
     """Peers that acknowledged the STORE."""
     attempted: int
     lookup: LookupResult
+    pending: int = 0
+    """STOREs still in flight when the put returned at its quorum (they go on in the background)."""
+
+
+class _Tally:
+    """Counts the STOREs of one put; `done` fires at the quorum of acks or when all are over."""
+
+    __slots__ = ("acks", "done", "pending", "quorum")
+
+    def __init__(self, total: int, quorum: int) -> None:
+        self.acks = 0
+        self.pending = total
+        self.quorum = quorum
+        self.done = trio.Event()
+
+    def finish(self, ok: bool) -> None:
+        self.pending -= 1
+        self.acks += ok
+        if self.acks >= self.quorum or not self.pending:
+            self.done.set()
 
 
 # Candidate states.
@@ -213,12 +233,34 @@ class Lookups:
         run = _Run(self, key_id(key), key, count)
         return await run.execute(seeds)
 
-    async def store(self, record: Record, seeds: Sequence[Contact]) -> StoreResult:
-        """Find the k closest nodes to the record's key and STORE it on each, in parallel."""
+    async def store(
+        self,
+        record: Record,
+        seeds: Sequence[Contact],
+        *,
+        quorum: int | None = None,
+        background: trio.Nursery | None = None,
+    ) -> StoreResult:
+        """Find the k closest nodes to the record's key and STORE it on each, in parallel.
+
+        With `quorum` and a `background` nursery, return as soon as `quorum` peers have
+        acknowledged (durably stored) the record; the other STOREs go on in `background` and
+        `StoreResult.pending` says how many were still in flight. Without, wait for every STORE.
+        """
         lookup = await self.find_node(record.target, seeds)
         targets = lookup.closest[: self.config.k]
-        acks = await self.store_at(targets, record)
-        return StoreResult(record, acks, len(targets), lookup)
+        if quorum is None or background is None or quorum >= len(targets):
+            acks = await self.store_at(targets, record)
+            return StoreResult(record, acks, len(targets), lookup)
+        tally = _Tally(len(targets), quorum)
+        for contact in targets:
+            background.start_soon(self._store_counted, contact, record, tally)
+        await tally.done.wait()
+        return StoreResult(record, tally.acks, len(targets), lookup, tally.pending)
+
+    async def _store_counted(self, contact: Contact, record: Record, tally: _Tally) -> None:
+        ok = await self.call(self.rpc.store, contact, record) is True
+        tally.finish(ok)
 
     async def store_at(self, contacts: Sequence[Contact], record: Record) -> int:
         """STORE `record` on each contact in parallel; how many acknowledged."""
