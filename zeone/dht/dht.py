@@ -194,7 +194,7 @@ class Dht:
         mistake is an error here rather than k silent rejections).
         """
         record = self._sign(key, value, ttl if ttl is not None else self.config.default_ttl, seq)
-        outcome = self.store.put_detailed(record, original=True)
+        outcome = await self.store.put_async(record, original=True)
         if not outcome.accepted:
             raise InvalidRecord(outcome.reason)
         return await self._store_remote(record, quorum=self.config.put_quorum)
@@ -292,6 +292,17 @@ class Dht:
         self._serve(sender, sender_is_client)
         self._handled["store"] += 1
         stored = self.store.put(record)
+        if stored:
+            self._handled["stored"] += 1
+        return stored
+
+    async def handle_store_async(
+        self, sender: Contact, record: Record, *, sender_is_client: bool = False
+    ) -> bool:
+        """`handle_store` for the network path: the commit does not hold the event loop."""
+        self._serve(sender, sender_is_client)
+        self._handled["store"] += 1
+        stored = (await self.store.put_async(record)).accepted
         if stored:
             self._handled["stored"] += 1
         return stored

@@ -178,12 +178,16 @@ class _Candidate:
 
 
 class _Path:
-    __slots__ = ("done", "members", "order")
+    __slots__ = ("best", "done", "final", "members", "order")
 
     def __init__(self) -> None:
         self.order: list[int] = []  # distances of this path's candidates, sorted
         self.members: set[int] = set()
         self.done = False
+        self.best: int | None = None  # distance of the closest peer that answered
+        self.final = False
+        """An answer brought nobody closer than `best`: the paper's last round, in which every
+        unqueried peer among the k closest is asked at once instead of alpha at a time."""
 
 
 _Answer = tuple[list[Record], list[Contact]]
@@ -363,7 +367,8 @@ class _Run:
                 path.done = True
                 continue
             finished = False
-            for candidate in fresh[: max(0, alpha - active)]:
+            width = k if path.final else alpha
+            for candidate in fresh[: max(0, width - active)]:
                 candidate.state = _INFLIGHT
                 candidate.path = index
                 nursery.start_soon(self._query, index, candidate, send)
@@ -400,9 +405,14 @@ class _Run:
             self.owner.on_response(candidate.contact)
         hop = candidate.hop + 1
         path = self.paths[index]
+        local, target = self.owner._local_int, self.target_int
+        answered = candidate.contact.int_id ^ target
+        best = path.best if path.best is not None and path.best < answered else answered
+        if not path.final and path.best is not None:
+            path.final = all(contact.int_id ^ target >= best for contact in contacts)
+        path.best = best
         # `_add` inlined: this loop runs for every contact of every answer.
         members, order, known = path.members, path.order, self.candidates
-        local, target = self.owner._local_int, self.target_int
         for contact in contacts:
             distance = contact.int_id ^ target
             other = known.get(distance)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,12 +152,17 @@ class DhtService:
         )
         return FindValueResponse(request.request_id, records, contacts).to_wire()
 
-    def _store(self, conn: Connection, payload: Any) -> list[Any]:
+    def _store(self, conn: Connection, payload: Any) -> list[Any] | Awaitable[list[Any]]:
         request = Store.from_wire(payload)
         if self.client_only:
             return StoreResponse(request.request_id, False, "DHT client").to_wire()
         sender, is_client = self._sender(conn)
-        stored = self.dht.handle_store(sender, request.record, sender_is_client=is_client)
+        return self._store_durably(request, sender, is_client)
+
+    async def _store_durably(self, request: Store, sender: Contact, is_client: bool) -> list[Any]:
+        stored = await self.dht.handle_store_async(
+            sender, request.record, sender_is_client=is_client
+        )
         reason = "" if stored else "rejected"
         return StoreResponse(request.request_id, stored, reason).to_wire()
 

@@ -22,7 +22,11 @@ Every record is checked by the `Validators` before it is written and again when 
 signature check is cached), so expired records, records of namespaces no longer registered and
 damaged rows are never served: they are deleted when met.
 
-All methods are synchronous and short; they run on the Trio thread like the replay guard does.
+Methods are synchronous and short and run on the Trio thread, except `put_async`, the write path
+of STOREs and of our own puts: a durable commit waits for an fsync (a millisecond or more), which
+must not stall every connection of the node, so `put_async` commits in a worker thread on a
+connection of its own, and writes that arrive while one commit is in progress share the next
+commit (group commit: one fsync for the batch, each write still acknowledged only once durable).
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
+import trio.testing
 
 from zeone.dht.records import InvalidRecord, Record, Validators
 
@@ -85,6 +91,15 @@ class StoredRecord:
     """We are the original publisher: republishing means re-signing with a new seq."""
 
 
+@attrs.define(eq=False)
+class _PendingWrite:
+    record: Record
+    original: bool
+    now: float
+    outcome: PutOutcome | None = None
+    error: BaseException | None = None
+
+
 def _ms(now: float) -> int:
     return int(now * 1000)
 
@@ -109,9 +124,18 @@ class RecordStore:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self._db: sqlite3.Connection | None = None
+        self._writer_db: sqlite3.Connection | None = None
+        self._queue: list[_PendingWrite] = []
+        self._write_lock = trio.Lock()
         self._records = 0
         self._bytes = 0
-        self._counters = {"accepted": 0, "rejected": 0, "duplicates": 0, "expired": 0}
+        self._counters = {
+            "accepted": 0,
+            "rejected": 0,
+            "duplicates": 0,
+            "expired": 0,
+            "group_commits": 0,
+        }
         if self.path is not None:
             self._connect()  # a file store reports a bad path now, not on the first STORE
 
@@ -149,9 +173,21 @@ class RecordStore:
         return db
 
     def close(self) -> None:
+        if self._writer_db is not None:
+            self._writer_db.close()
+            self._writer_db = None
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def _writer(self) -> sqlite3.Connection:
+        """The connection `put_async` commits on, from worker threads (one at a time)."""
+        if self._writer_db is None:
+            self._connect()  # creates the file and the schema
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA synchronous=FULL")
+            self._writer_db = db
+        return self._writer_db
 
     def __enter__(self) -> RecordStore:
         return self
@@ -188,13 +224,67 @@ class RecordStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._count(outcome)
+        return outcome
+
+    async def put_async(self, record: Record, *, original: bool = False) -> PutOutcome:
+        """`put_detailed` for the event loop: the commit (and its fsync) runs in a worker thread,
+        batched with the writes that queue up meanwhile. Returns only once the record is durable.
+
+        Under a virtual clock (trio.testing.MockClock, the simulator and the autojump tests) it
+        writes inline instead: a thread's real time is invisible to such a clock, which would
+        jump to the next deadline while the commit runs.
+        """
+        if self.path is None or not self.durable or _virtual_clock():
+            return self.put_detailed(record, original=original)
+        now = self.clock()
+        try:
+            self.validators.check(record, now)
+        except InvalidRecord as exc:
+            self._counters["rejected"] += 1
+            return PutOutcome(False, False, exc.reason)
+        write = _PendingWrite(record, original, now)
+        self._queue.append(write)
+        async with self._write_lock:
+            if write.outcome is None and write.error is None:
+                batch, self._queue = self._queue, []
+                try:
+                    # Not abandoned on cancellation: the commit finishes either way.
+                    outcomes = await trio.to_thread.run_sync(self._write_batch, batch)
+                    self._counters["group_commits"] += 1
+                except Exception as exc:
+                    for pending in batch:
+                        pending.error = exc
+                else:
+                    for pending, outcome in zip(batch, outcomes, strict=True):
+                        pending.outcome = outcome
+                        self._count(outcome)
+        if write.error is not None:
+            raise write.error
+        assert write.outcome is not None
+        return write.outcome
+
+    def _write_batch(self, batch: Sequence[_PendingWrite]) -> list[PutOutcome]:
+        """One transaction, one commit for every write of `batch` (in a worker thread)."""
+        db = self._writer()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = [
+                self._put_locked(db, w.record, w.original, w.now, _ms(w.now)) for w in batch
+            ]
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return outcomes
+
+    def _count(self, outcome: PutOutcome) -> None:
         if outcome.changed:
             self._counters["accepted"] += 1
         elif outcome.accepted:
             self._counters["duplicates"] += 1
         else:
             self._counters["rejected"] += 1
-        return outcome
 
     def _put_locked(
         self, db: sqlite3.Connection, record: Record, original: bool, now: float, now_ms: int
@@ -392,3 +482,10 @@ class RecordStore:
         for key, publisher in bad:
             self.remove(key, publisher)
         return result
+
+
+def _virtual_clock() -> bool:
+    try:
+        return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    except RuntimeError:  # not inside trio.run
+        return False

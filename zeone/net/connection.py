@@ -10,11 +10,12 @@ the reason logged.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -108,8 +109,10 @@ KERNEL_REQUESTS: dict[MessageType, MessageType] = {
 }
 KERNEL_RESPONSES = frozenset(KERNEL_REQUESTS.values())
 
-#: Answers a kernel request frame synchronously: (connection, raw payload) -> response payload,
-#: or None to send no answer. Raises ProtocolError for a malformed request.
+#: Answers a kernel request frame: (connection, raw payload) -> response payload, or None to send
+#: no answer, or an awaitable of the response payload for work that must not run inside the read
+#: loop (a durable write); awaitables run in their own task, within the peer's in-flight limit.
+#: Raises ProtocolError (synchronously) for a malformed request.
 FrameHandler = Callable[["Connection", Any], Any]
 
 
@@ -448,8 +451,27 @@ class Connection:
             self.stats.refused += 1
             return  # not served here, or over the rate: the requester times out
         answer = handler(self, payload)
-        if answer is not None:
+        if inspect.isawaitable(answer):
+            if self._inflight >= self.limits.max_inflight:
+                answer.close()  # type: ignore[attr-defined]
+                self.stats.refused += 1
+                return
+            self._inflight += 1
+            self._nursery.start_soon(self._serve_kernel, kind, answer)
+        elif answer is not None:
             self._reply_frame(Frame(KERNEL_REQUESTS[kind], answer))
+
+    async def _serve_kernel(self, kind: MessageType, answer: Awaitable[Any]) -> None:
+        try:
+            frame = self._encode_frame(Frame(KERNEL_REQUESTS[kind], await answer))
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_raw(frame)
+        except Exception:
+            log.exception("answering %s from %s failed", kind.name, self.peer_id.short())
+        finally:
+            self._inflight -= 1
+            self.last_activity = trio.current_time()
+            self._maybe_idle()
 
     def _on_kernel_response(self, kind: MessageType, payload: Any) -> None:
         if type(payload) is not list or not payload or type(payload[0]) is not int:
