@@ -199,27 +199,54 @@ def encode_cbor(value: Any, *, max_depth: int = MAX_NESTING_DEPTH) -> bytes:
     Tuples are encoded as arrays (they decode as lists). Raises TypeError or ValueError naming the
     offending value, because sending it would only get the connection closed by the peer.
     """
-    _check_encodable(value, max_depth, 0)
+    _check_encodable(value, max_depth)
     return cbor2.dumps(value, canonical=True)
 
 
-def _check_encodable(value: Any, max_depth: int, depth: int) -> None:
-    if value is None or isinstance(value, (bool, float, str, bytes, bytearray)):
+_ENCODABLE_LEAVES = frozenset({type(None), bool, float, str, bytes, bytearray})
+_CONTAINERS = (list, tuple, dict)
+
+
+def _check_encodable(value: Any, max_depth: int, depth: int = 0) -> None:
+    """A loop over an explicit stack with exact-type fast paths: every outbound frame pays for
+    this check, and the recursive version cost as much as the CBOR encoding itself."""
+    stack = [(value, depth)]
+    pop, push, leaves = stack.pop, stack.append, _ENCODABLE_LEAVES
+    while stack:
+        node, level = pop()
+        kind = type(node)
+        if kind in leaves:
+            continue
+        if kind is int:
+            if not _INT_MIN <= node <= _INT_MAX:
+                raise ValueError(f"integer {node} does not fit in CBOR without a bignum tag")
+            continue
+        if kind not in _CONTAINERS:
+            _check_encodable_subclass(node, max_depth, level)
+            continue
+        if level >= max_depth and node:
+            raise ValueError(f"payload is nested deeper than {max_depth} levels")
+        if kind is dict:
+            for key in node:
+                if type(key) is not str and not isinstance(key, (str, bytes)):
+                    raise TypeError(f"map keys must be str or bytes, got {type(key).__name__}")
+            node = node.values()
+        for item in node:
+            if type(item) in leaves:
+                continue
+            push((item, level + 1))
+
+
+def _check_encodable_subclass(value: Any, max_depth: int, depth: int) -> None:
+    """Subclasses of the plain types (an IntEnum, a str subclass) are as encodable as their base."""
+    if isinstance(value, (bool, float, str, bytes, bytearray)):
         return
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
             raise ValueError(f"integer {value} does not fit in CBOR without a bignum tag")
         return
-    if isinstance(value, (list, tuple, dict)):
-        if depth >= max_depth and value:
-            raise ValueError(f"payload is nested deeper than {max_depth} levels")
-        if isinstance(value, dict):
-            for key in value:
-                if not isinstance(key, (str, bytes)):
-                    raise TypeError(f"map keys must be str or bytes, got {type(key).__name__}")
-            value = value.values()
-        for item in value:
-            _check_encodable(item, max_depth, depth + 1)
+    if isinstance(value, _CONTAINERS):
+        _check_encodable(type(value).__mro__[-2](value), max_depth, depth)
         return
     raise TypeError(f"cannot send a {type(value).__name__} in a frame payload")
 
