@@ -85,3 +85,55 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+class ExitOnNodeOne:
+    """A plugin that shapes the devnet: its own port per node, a role for node 1."""
+
+    __name__ = "shaper"
+
+    def zeone_plugin_info(self):
+        import attrs
+
+        from zeone import PluginInfo
+
+        @attrs.frozen
+        class ShaperConfig:
+            port: int = 0
+            exit: bool = False
+
+        return PluginInfo(name="shaper", version="1.0", config=ShaperConfig)
+
+    def zeone_devnet_configure(self, index, count, settings, port):
+        settings["plugins.shaper.port"] = port("shaper")
+        settings["plugins.shaper.exit"] = index == 1 and count > 1
+        if index == 2:  # reachable on another address only
+            settings["network.listen"] = [f"tcp://127.0.0.1:{port('alt')}"]
+
+
+def test_plugins_shape_each_devnet_node_with_their_own_ports(tmp_path: Path) -> None:
+    from zeone.config import load_config
+    from zeone.devnet import Devnet
+    from zeone.plugins import Catalog
+
+    catalog = Catalog.discover(entry_points=False, extra=[ExitOnNodeOne()])
+    net = Devnet(
+        directory=tmp_path / "net",
+        nodes=3,
+        enable=["shaper"],
+        base_port=20000,
+        api_base_port=21000,
+        catalog=catalog,
+    )
+    net.prepare()
+    configs = [
+        load_config(m.config_path, environ={}, plugin_schemas=catalog.schemas) for m in net.members
+    ]
+    ports = [c.plugins.settings["shaper"].port for c in configs]
+    assert ports == [20003, 20004, 20005]  # a block of 3 after the P2P ports 20000-20002
+    assert [c.plugins.settings["shaper"].exit for c in configs] == [False, True, False]
+    assert configs[2].network.listen == ["tcp://127.0.0.1:20008"]  # the next block: "alt"
+    assert configs[1].network.listen == ["tcp://127.0.0.1:20001"]
+    net.prepare()  # stable across runs
+    again = load_config(net.members[0].config_path, environ={}, plugin_schemas=catalog.schemas)
+    assert again.plugins.settings["shaper"].port == 20003

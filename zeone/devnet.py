@@ -8,6 +8,7 @@ graceful shutdown, and reports how each one exited.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -26,7 +27,7 @@ from rich.table import Table
 from zeone.config import CONFIG_FILE_NAME, load_config
 from zeone.errors import ZeoneError
 from zeone.initdir import init_node_dir
-from zeone.plugins import Catalog
+from zeone.plugins import Catalog, PluginHost
 
 STOP_TIMEOUT = 20.0
 POLL_INTERVAL = 1.0
@@ -64,6 +65,7 @@ class Devnet:
     api_base_port: int
     catalog: Catalog
     members: list[DevnetNode] = attrs.Factory(list)
+    _port_names: dict[str, int] = attrs.Factory(dict)
     console: Console = attrs.Factory(Console)
 
     def wipe(self) -> None:
@@ -71,8 +73,13 @@ class Devnet:
             shutil.rmtree(self.directory)
 
     def prepare(self) -> None:
-        """Create (or reuse) each node's directory and config; identities persist across runs."""
+        """Create (or reuse) each node's directory and config; identities persist across runs.
+
+        Enabled plugins adjust each node's settings through ``zeone_devnet_configure`` (a VPN
+        exit on one node, a transport-only node...), with ports from `plugin_port`.
+        """
         self.members.clear()
+        host = PluginHost(self.catalog, self.enable)
         seed: DevnetNode | None = None
         for index in range(self.nodes):
             directory = self.directory / f"node{index}"
@@ -86,6 +93,13 @@ class Devnet:
             }
             if seed is not None:
                 settings["network.bootstrap"] = [f"{seed.node_id}@{seed.listen}"]
+            host.call(
+                "zeone_devnet_configure",
+                index=index,
+                count=self.nodes,
+                settings=settings,
+                port=functools.partial(self.plugin_port, index),
+            )
             result = init_node_dir(
                 directory,
                 role="seed" if index == 0 else "full",
@@ -98,6 +112,12 @@ class Devnet:
             )
             self.members.append(member)
             seed = seed or member
+
+    def plugin_port(self, index: int, name: str) -> int:
+        """Node `index`'s port for `name`: a block of `nodes` ports per name, after the P2P
+        ports, in the order names are first asked for (stable for the same plugins)."""
+        slot = self._port_names.setdefault(name, len(self._port_names))
+        return self.base_port + self.nodes * (1 + slot) + index
 
     async def run(self, duration: float | None = None) -> int:
         """Start every node, show the live table, stop them all; returns an exit code.

@@ -14,7 +14,7 @@ contribute several things and the kernel can name the plugin in any error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -155,4 +155,20 @@ def zeone_node_status(node: Node) -> dict[str, Any] | None:
 
     Return a small JSON-serialisable dict (counters, states) or ``None``. It appears under the
     plugin's name. Called on every status request, so keep it cheap and non-blocking.
+    """
+
+
+@hookspec
+def zeone_devnet_configure(
+    index: int, count: int, settings: MutableMapping[str, Any], port: Callable[[str], int]
+) -> None:
+    """Adjust the config of node ``index`` (0 is the seed) of a ``zeone devnet`` of ``count``.
+
+    ``settings`` holds dotted keys that ``zeone init`` applies over the defaults
+    (``"network.listen"``, ``"plugins.<name>.<key>"``...); edit it in place so the devnet shows
+    your plugin working: make node 1 a VPN exit, give each node its own SOCKS port, make node 2
+    reachable only over your transport (``settings["network.listen"] = [...]``). ``port(name)``
+    returns a loopback port unique to this node and ``name`` within the devnet, stable across
+    runs. Called in plugin order, only for the plugins the devnet enables, before any node
+    starts; an exception here is reported with the plugin's name and stops the devnet.
     """
