@@ -180,10 +180,10 @@ def test_bad_env_value_names_the_variable(cli) -> None:
 
 def test_enabling_unknown_plugins_lists_installed_ones(cli) -> None:
     config = init_dir(cli, cli.cwd / "D")
-    result = cli("--config", config, "--enable", "vpn,cortex")
+    result = cli("--config", config, "--enable", "no-such-plugin,cortex")
     assert result.returncode == 2
     no_traceback(result)
-    assert "unknown plugin 'vpn'" in result.stderr
+    assert "unknown plugin 'no-such-plugin'" in result.stderr
     assert f"installed: {installed_names()}" in result.stderr
     assert not (cli.cwd / "D" / "node.json").exists()
 
