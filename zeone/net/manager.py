@@ -50,6 +50,9 @@ MAX_ADDRESSES_PER_PEER = 16
 MAX_BOOK_ENTRIES = 4096
 #: Dials to peers learned through PEX that may run at once.
 DISCOVERY_DIALS = 8
+#: PEX dials wait this long after the answer: a joining node's DHT lookups make the connections it
+#: needs first (each handshake costs CPU on both ends), and PEX then tops up what is missing.
+PEX_DIAL_DELAY = 1.0
 #: Served by the core plugin; any answer to it proves a connection alive.
 KEEPALIVE_PROTOCOL = "/zeone/core/keepalive/1"
 
@@ -419,15 +422,17 @@ class ConnectionManager:
             entries = await conn.discover(DISCOVER_LIMIT)
         except (RequestTimeout, ConnectionClosed):
             return
-        seen: set[NodeId] = set()
+        seen: list[NodeId] = []
         for raw_id, addresses in entries[:DISCOVER_LIMIT]:  # a peer may answer more than asked
             node_id = NodeId(raw_id)
             if node_id == self.node_id or node_id in seen:
                 continue
-            seen.add(node_id)
+            seen.append(node_id)
             known = self.book.setdefault(node_id, [])
             known.extend(a for a in usable_addresses(addresses) if a not in known)
             del known[MAX_ADDRESSES_PER_PEER:]
+        await trio.sleep(PEX_DIAL_DELAY)
+        for node_id in seen:
             if len(self.connections) < TARGET_PEERS and not self._usable(node_id):
                 self._nursery.start_soon(self._try_connect, node_id)
 
