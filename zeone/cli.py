@@ -648,7 +648,7 @@ def _pip(args: list[str]) -> None:
 @click.option(
     "--nodes",
     "-n",
-    default=3,
+    default=4,
     show_default=True,
     type=click.IntRange(1, 64),
     help="How many nodes.",

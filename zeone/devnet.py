@@ -100,6 +100,7 @@ class Devnet:
                 settings=settings,
                 port=functools.partial(self.plugin_port, index),
             )
+            listen = settings["network.listen"][0]  # a plugin may have replaced it
             result = init_node_dir(
                 directory,
                 role="seed" if index == 0 else "full",

@@ -151,3 +151,11 @@ def zeone_register_commands(cli: click.Group) -> None:
             click.echo(f"key file:   {path}")
             click.echo(f"public key: {key.public_text}")
             click.echo(f"address:    {text}")
+
+
+@hookimpl
+def zeone_devnet_configure(index: int, count: int, settings: Any, port: Any) -> None:
+    """Node 2 of a devnet of four or more is reachable over TLS mimicry only (it still dials out
+    over TCP); with no cover site on a devnet, unauthenticated connections are just closed."""
+    if count >= 4 and index == 2:
+        settings["network.listen"] = [f"mimic://127.0.0.1:{port('mimic')}"]

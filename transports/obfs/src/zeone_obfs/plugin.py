@@ -161,3 +161,13 @@ def zeone_register_commands(cli: click.Group) -> None:
         else:
             rows = [{"metric": key, "value": str(value)} for key, value in report.items()]
             print_rows("GFW fully-encrypted-traffic rules", rows, ["metric", "value"])
+
+
+@hookimpl
+def zeone_devnet_configure(index: int, count: int, settings: Any, port: Any) -> None:
+    """Node 1 of a devnet of three or more is reachable over obfs only (it still dials out over
+    TCP); probes are closed after a few seconds instead of 15-60 so a devnet stops quickly."""
+    settings["plugins.obfs.close_delay_min"] = 2.0
+    settings["plugins.obfs.close_delay_max"] = 5.0
+    if count >= 3 and index == 1:
+        settings["network.listen"] = [f"obfs://127.0.0.1:{port('obfs')}"]
