@@ -191,7 +191,11 @@ async def test_many_concurrent_streams_interleave_intact(autojump_clock) -> None
 @pytest.mark.parametrize("opener_writes", [True, False])
 async def test_writer_blocks_at_the_window_and_resumes(autojump_clock, opener_writes) -> None:
     window = DEFAULT_WINDOW if opener_writes else 10_000  # the opener's OPEN grants a's window
-    async with mux_pair(a_kwargs={"initial_window": 10_000}) as pair:
+    fixed_windows = (  # auto-tuning off: this test is about the window as a hard bound
+        {"initial_window": 10_000, "max_window": 10_000},
+        {"max_window": DEFAULT_WINDOW},
+    )
+    async with mux_pair(*fixed_windows) as pair:
         ours, theirs = await pair.open()
         writer, reader = (ours, theirs) if opener_writes else (theirs, ours)
         reader_mux = (pair.b if opener_writes else pair.a).mux
@@ -224,6 +228,43 @@ async def test_writer_blocks_at_the_window_and_resumes(autojump_clock, opener_wr
         # window updates were batched: about two per window of data, not one per read
         updates = [m for m in (pair.a.sent + pair.b.sent) if isinstance(m, StreamWindow)]
         assert len(updates) <= 2 * len(payload) // window + 2
+
+
+async def test_a_reader_that_keeps_up_gets_a_growing_window_within_the_budget(
+    autojump_clock,
+) -> None:
+    budget = 2 * DEFAULT_WINDOW
+    async with mux_pair(
+        b_kwargs={"max_window": 4 * DEFAULT_WINDOW, "tuning_budget": budget}
+    ) as pair:
+        fast_writer, fast_reader = await pair.open()
+        slow_writer, slow_reader = await pair.open()
+        payload = bytes(16 * DEFAULT_WINDOW)
+
+        async def write(stream: MuxStream) -> None:
+            await stream.send_all(payload)
+            await stream.send_eof()
+
+        async def read_slowly(stream: MuxStream) -> bytes:
+            got = bytearray()
+            while chunk := await stream.receive_some(DEFAULT_WINDOW // 4):
+                got += chunk
+                await trio.sleep(1)  # far slower than FAST_GRANT: the window must not grow
+            return bytes(got)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, fast_writer)
+            nursery.start_soon(write, slow_writer)
+            assert await receive_all(fast_reader) == payload  # reads at once: fast re-grants
+            # doubled to 512 KiB (256 KiB of growth); doubling again would need 768 KiB of
+            # growth, more than the 512 KiB budget
+            assert fast_reader._window == 2 * DEFAULT_WINDOW
+            assert pair.b.mux._tuned == DEFAULT_WINDOW
+            assert await read_slowly(slow_reader) == payload
+            assert slow_reader._window == DEFAULT_WINDOW
+        await fast_reader.aclose()
+        assert pair.b.mux._tuned == 0  # a closed stream returns its growth to the budget
+        await slow_reader.aclose()
 
 
 async def test_larger_window_is_granted_to_the_opener(autojump_clock) -> None:

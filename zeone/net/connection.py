@@ -165,6 +165,7 @@ class Connection:
             initial_window=limits.stream_window,
             max_chunk=min(MAX_DATA_CHUNK, limits.max_frame_size - 64),
             on_stream=self._on_stream,
+            rtt=lambda: self.stats.rtt,
         )
 
     def __repr__(self) -> str:

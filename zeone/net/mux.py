@@ -53,6 +53,14 @@ from zeone.wire.stream_messages import (
 DEFAULT_WINDOW = 256 * 1024
 """The receive window of a stream, and (fixed by the protocol) the opener's initial grant."""
 DEFAULT_CHUNK = 64 * 1024
+MAX_TUNED_WINDOW = 4 * 1024 * 1024
+"""Receive-window auto-tuning grows a stream's window up to this (doubling each time)."""
+TUNING_BUDGET = 32 * 1024 * 1024
+"""Bytes of window growth all streams of one connection may hold at once: with the per-stream
+windows, the bound on what a peer can make us buffer."""
+FAST_GRANT = 0.005
+"""A re-grant this soon after the previous one (or within two round trips) means the reader keeps
+up and the window, not the reader, limits the flow: the window doubles."""
 MAX_WINDOW = 2**31 - 1
 _JOIN_LIMIT = 64 * 1024  # receive_some() without max_bytes joins small chunks up to this
 
@@ -117,6 +125,9 @@ class Mux:
         initial_window: int = DEFAULT_WINDOW,
         max_chunk: int = DEFAULT_CHUNK,
         on_stream: Callable[[MuxStream], None] | None = None,
+        rtt: Callable[[], float | None] | None = None,
+        max_window: int = MAX_TUNED_WINDOW,
+        tuning_budget: int = TUNING_BUDGET,
     ) -> None:
         if max_streams < 0:
             raise ValueError(f"max_streams must be at least 0, got {max_streams}")
@@ -130,6 +141,10 @@ class Mux:
         self.initial_window = initial_window
         self.max_chunk = max_chunk
         self.on_stream = on_stream
+        self.rtt = rtt
+        self.max_window = max_window
+        self.tuning_budget = tuning_budget
+        self._tuned = 0  # window growth held by open streams
         self._streams: dict[int, MuxStream] = {}
         self._inbound = 0
         self._outbound = 0
@@ -356,6 +371,8 @@ class Mux:
     def _remove(self, stream: MuxStream) -> None:
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+            self._tuned -= stream._tuned
+            stream._tuned = 0
             if stream.outbound:
                 self._outbound -= 1
             else:
@@ -391,6 +408,8 @@ class MuxStream(trio.abc.HalfCloseableStream):
         """The code of the peer's RESET, if it sent one."""
         self._send_credit = send_credit
         self._window = window
+        self._tuned = 0  # growth of the window by auto-tuning
+        self._last_grant: float | None = None
         self._receive_credit = window if receive_credit is None else receive_credit
         self._chunks: deque[bytes] = deque()
         self._offset = 0  # into _chunks[0]
@@ -553,11 +572,28 @@ class MuxStream(trio.abc.HalfCloseableStream):
         return data
 
     def _maybe_grant(self) -> None:
-        """Re-grant consumed space once at least half the window is free."""
+        """Re-grant consumed space once at least half the window is free.
+
+        Auto-tuning (as yamux does): when re-grants come faster than `FAST_GRANT` or two round
+        trips, the reader keeps up and the window is what limits the flow, so it doubles, up to
+        the mux's `max_window` and within its `tuning_budget`. A slow reader never grows it.
+        """
         increment = self._window - self._receive_credit - self._buffered
         if increment >= (self._window + 1) // 2:
+            mux = self._mux
+            now = trio.current_time()
+            if self._last_grant is not None and self._window < mux.max_window:
+                rtt = mux.rtt() if mux.rtt is not None else None
+                if now - self._last_grant < max(FAST_GRANT, 2 * (rtt or 0.0)):
+                    growth = min(self._window, mux.max_window - self._window)
+                    if mux._tuned + growth <= mux.tuning_budget:
+                        self._window += growth
+                        self._tuned += growth
+                        mux._tuned += growth
+                        increment += growth
+            self._last_grant = now
             self._receive_credit += increment
-            self._mux._queue(StreamWindow(self.stream_id, increment))
+            mux._queue(StreamWindow(self.stream_id, increment))
 
     # -- closing ----------------------------------------------------------------------------
 
