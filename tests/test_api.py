@@ -273,3 +273,20 @@ async def test_a_failing_status_section_does_not_hide_the_rest(
         assert sections["grumpy"] == {"error": "RuntimeError: status is broken"}
         assert sections["core"]["api_url"] == node.api_url
         node.stop()
+
+
+async def test_browsers_authenticate_with_the_ui_cookie_or_a_login_url(api_node: Node) -> None:
+    """A page cannot set an Authorization header on navigations or WebSocket handshakes: the token
+    rides in the zeone_token cookie, set by a plugin's /<plugin>/ui/login?token=... endpoint."""
+    base, token = api_node.api_url, token_of(api_node)
+    cookie = {"Cookie": f"zeone_token={token}"}
+    assert (await http("GET", f"{base}/hello/greetings", headers=cookie)).status_code == 200
+    wrong = {"Cookie": f"other=1; zeone_token={token[:-1]}x"}
+    assert (await http("GET", f"{base}/hello/greetings", headers=wrong)).status_code == 401
+    # The query token counts only on a .../ui/login path (no route there: 404 means it got in).
+    assert (await http("GET", f"{base}/hello/ui/login?token={token}")).status_code == 404
+    assert (await http("GET", f"{base}/hello/ui/login?token=nope")).status_code == 401
+    assert (await http("GET", f"{base}/hello/greetings?token={token}")).status_code == 401
+    # An explicit Authorization header wins over the cookie, even when it is wrong.
+    both = {"Authorization": "Bearer wrong", **cookie}
+    assert (await http("GET", f"{base}/status", headers=both)).status_code == 401

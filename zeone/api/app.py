@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from zeone.api.auth import BearerAuth
 from zeone.api.dht import dht_routes
@@ -73,7 +73,10 @@ def build_app(node: Node, token: str) -> BearerAuth:
     ]
     routes += dht_routes(node)
     for route in node.routes.routes:
-        routes.append(Route(route.path, route.endpoint, methods=list(route.methods)))
+        if route.methods == ("WEBSOCKET",):  # register(path, endpoint, methods=["WEBSOCKET"])
+            routes.append(WebSocketRoute(route.path, route.endpoint))
+        else:
+            routes.append(Route(route.path, route.endpoint, methods=list(route.methods)))
     app = Starlette(routes=routes)
     app.state.node = node
     return BearerAuth(app, token)

@@ -12,6 +12,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -53,8 +54,35 @@ def read_token(path: Path) -> str:
     return token
 
 
+COOKIE_NAME = "zeone_token"
+"""Browser UIs carry the token in this HttpOnly, SameSite=Strict cookie (set by a plugin's
+``/<plugin>/ui/login`` endpoint), because a page cannot add an Authorization header to navigations
+or WebSocket handshakes."""
+LOGIN_SUFFIX = "/ui/login"
+
+
+def _supplied_credentials(scope: Scope) -> bytes:
+    """``Bearer <token>`` from the Authorization header; else from the cookie; else, only for a
+    ``.../ui/login`` path (the Jupyter-style exchange of the token for the cookie), from the
+    ``token`` query parameter."""
+    headers = dict(scope.get("headers") or [])
+    header = headers.get(b"authorization")
+    if header is not None:
+        return header
+    for part in headers.get(b"cookie", b"").split(b";"):
+        name, _, value = part.strip().partition(b"=")
+        if name == COOKIE_NAME.encode() and value:
+            return b"Bearer " + value
+    if str(scope.get("path", "")).endswith(LOGIN_SUFFIX):
+        for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+            if key == "token":
+                return b"Bearer " + value.encode("latin-1")
+    return b""
+
+
 class BearerAuth:
-    """ASGI middleware: only requests carrying ``Authorization: Bearer <token>`` get through."""
+    """ASGI middleware: only requests carrying ``Authorization: Bearer <token>`` (or the token in
+    the UI cookie, or on a ``/ui/login`` URL) get through."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
@@ -62,7 +90,7 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            supplied = dict(scope.get("headers") or []).get(b"authorization", b"")
+            supplied = _supplied_credentials(scope)
             if not hmac.compare_digest(supplied, self._expected):
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
