@@ -243,3 +243,38 @@ def attrs_evolve_signature(record: Record) -> Record:
     import attrs
 
     return attrs.evolve(record, signature=bytes(64))
+
+
+async def test_close_during_a_group_commit_waits_for_it(tmp_path: Path) -> None:
+    """A STORE still committing in its worker thread while the node stops: close() must not pull
+    the connection from under the running statement (that crashes the interpreter)."""
+    import threading
+
+    import trio
+
+    store = RecordStore(tmp_path / "dht.sqlite", VALIDATORS, clock=lambda: NOW)
+    entered, release = threading.Event(), threading.Event()
+    original = store._write_batch
+
+    def slow_batch(batch):
+        entered.set()
+        release.wait(10)
+        return original(batch)
+
+    store._write_batch = slow_batch  # type: ignore[method-assign]
+    outcomes = []
+
+    async def put() -> None:
+        outcomes.append(await store.put_async(make()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        await trio.to_thread.run_sync(entered.wait, 10)
+        store.close()  # deferred: the batch is running
+        assert store._db is not None
+        release.set()
+    assert outcomes[0].accepted  # the commit that was under way finished and was acknowledged
+    assert store._writer_db is None and store._db is None  # ...and then the store closed
+    assert (await store.put_async(make(seq=2))).reason == "store is closed"
+    with RecordStore(tmp_path / "dht.sqlite", VALIDATORS, clock=lambda: NOW) as reopened:
+        assert reopened.get(b"forum:t")[0].seq == 1

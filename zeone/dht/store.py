@@ -125,6 +125,8 @@ class RecordStore:
         self.max_bytes = max_bytes
         self._db: sqlite3.Connection | None = None
         self._writer_db: sqlite3.Connection | None = None
+        self._closed = False
+        self._batch_running = False  # a worker thread is using _writer_db
         self._queue: list[_PendingWrite] = []
         self._write_lock = trio.Lock()
         self._records = 0
@@ -144,6 +146,7 @@ class RecordStore:
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
+        self._closed = False  # reads reopen a closed store lazily, as before
         if self.path is None:
             target = ":memory:"
         else:
@@ -173,6 +176,14 @@ class RecordStore:
         return db
 
     def close(self) -> None:
+        """Close the database. A group commit still running in a worker thread (a STORE that
+        arrived while the node was stopping) finishes first and closes it on its way out:
+        closing a connection under a running statement crashes the interpreter."""
+        self._closed = True
+        if not self._batch_running:
+            self._close_connections()
+
+    def _close_connections(self) -> None:
         if self._writer_db is not None:
             self._writer_db.close()
             self._writer_db = None
@@ -235,6 +246,8 @@ class RecordStore:
         writes inline instead: a thread's real time is invisible to such a clock, which would
         jump to the next deadline while the commit runs.
         """
+        if self._closed:
+            return PutOutcome(False, False, "store is closed")
         if self.path is None or not self.durable or _virtual_clock():
             return self.put_detailed(record, original=original)
         now = self.clock()
@@ -248,6 +261,11 @@ class RecordStore:
         async with self._write_lock:
             if write.outcome is None and write.error is None:
                 batch, self._queue = self._queue, []
+                if self._closed:
+                    for pending in batch:
+                        pending.outcome = PutOutcome(False, False, "store is closed")
+                    return write.outcome  # type: ignore[return-value]
+                self._batch_running = True
                 try:
                     # Not abandoned on cancellation: the commit finishes either way.
                     outcomes = await trio.to_thread.run_sync(self._write_batch, batch)
@@ -259,6 +277,10 @@ class RecordStore:
                     for pending, outcome in zip(batch, outcomes, strict=True):
                         pending.outcome = outcome
                         self._count(outcome)
+                finally:
+                    self._batch_running = False
+                    if self._closed:
+                        self._close_connections()
         if write.error is not None:
             raise write.error
         assert write.outcome is not None
