@@ -727,12 +727,16 @@ def test_any_interleaving_delivers_identical_bytes(
     data, writes, reads, window, max_chunk, opener_writes, pauses
 ) -> None:
     async def scenario() -> None:
-        kwargs = {"initial_window": window, "max_chunk": max_chunk}
-        async with mux_pair(a_kwargs=kwargs, b_kwargs=kwargs) as pair:
+        # Auto-tuning may double each side's window up to 4x (the acceptor's window is at least
+        # DEFAULT_WINDOW), and never beyond: that is the bound on buffered bytes.
+        a_kwargs = {"initial_window": window, "max_chunk": max_chunk, "max_window": 4 * window}
+        b_limit = 4 * max(window, DEFAULT_WINDOW)
+        b_kwargs = {"initial_window": window, "max_chunk": max_chunk, "max_window": b_limit}
+        async with mux_pair(a_kwargs=a_kwargs, b_kwargs=b_kwargs) as pair:
             ours, theirs = await pair.open()
             writer, reader = (ours, theirs) if opener_writes else (theirs, ours)
             reader_mux = (pair.b if opener_writes else pair.a).mux
-            limit = max(window, DEFAULT_WINDOW) if opener_writes else window
+            limit = b_limit if opener_writes else 4 * window
 
             async def write() -> None:
                 position, i = 0, 0
