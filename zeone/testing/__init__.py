@@ -10,8 +10,20 @@ pytest-trio's ``autojump_clock`` fixture to make simulated time free::
         a = await zeone_network.add_node(enable=["hello"])
         b = await zeone_network.add_node(enable=["hello"])
         reply = await a.rpc.request(b.node_id, "/zeone/hello/1", {"name": "a"})
+
+
+For everything between a shell and the wire, ``zeone_processes`` starts real ``zeone run``
+processes (`NodeProcesses`, `NodeProcess`; poll with `wait_for`).
 """
 
 from zeone.testing.network import TestNetwork, make_config, open_network
+from zeone.testing.processes import NodeProcess, NodeProcesses, wait_for
 
-__all__ = ["TestNetwork", "make_config", "open_network"]
+__all__ = [
+    "NodeProcess",
+    "NodeProcesses",
+    "TestNetwork",
+    "make_config",
+    "open_network",
+    "wait_for",
+]

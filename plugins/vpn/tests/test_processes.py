@@ -3,87 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-import tomllib
-import urllib.request
-from pathlib import Path
 
 import pytest
-import tomli_w
 from vpn_helpers import SMALL, deterministic_bytes, need
 
-
-class NodeProcess:
-    def __init__(self, directory: Path, env: dict[str, str], vpn: dict) -> None:
-        self.directory = directory
-        self.env = env
-        self.config = directory / "zeone.toml"
-        subprocess.run(
-            [sys.executable, "-m", "zeone", "--enable", "vpn", "init", "--dir", str(directory),
-             "--listen", "tcp://127.0.0.1:0", "--api-bind", "127.0.0.1:0"],
-            env=env, check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        data = tomllib.loads(self.config.read_text())
-        data["plugins"]["vpn"].update(vpn)
-        self.config.write_text(tomli_w.dumps(data))
-        self.process: subprocess.Popen | None = None
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "zeone", "--config", str(self.config), *args],
-            env=self.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def start(self, *flags: str) -> dict:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "zeone", "--config", str(self.config), "run", *flags],
-            env=self.env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            stderr=(self.directory / "stderr.log").open("w"),
-        )  # fmt: skip
-        runtime = self.directory / "node.json"
-        deadline = time.monotonic() + 30
-        while not runtime.exists():
-            assert self.process.poll() is None, (self.directory / "stderr.log").read_text()
-            assert time.monotonic() < deadline, "node did not start"
-            time.sleep(0.05)
-        return json.loads(runtime.read_text())
-
-    def api(self, path: str):
-        """GET from the node's API directly (quicker than a CLI process for polling)."""
-        info = json.loads((self.directory / "node.json").read_text())
-        token = (self.directory / "api.token").read_text().strip()
-        request = urllib.request.Request(
-            info["api_url"] + path, headers={"Authorization": f"Bearer {token}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
+from zeone.testing import NodeProcess, NodeProcesses
 
 
 @pytest.fixture
-def processes(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEONE_")}
-    env["HOME"] = str(tmp_path / "home")
-    made: list[NodeProcess] = []
-
+def processes(zeone_processes: NodeProcesses):
     def make(name: str, vpn: dict) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, env, vpn)
-        made.append(node)
+        (node,) = zeone_processes.make([name], enable=["vpn"], plugins={"vpn": vpn})
         return node
 
-    yield make
-    for node in made:
-        if node.process is not None and node.process.poll() is None:
-            node.process.kill()
-            node.process.wait()
+    return make
 
 
 def test_entry_and_exit_processes(processes, http_server):
@@ -112,10 +47,10 @@ def test_entry_and_exit_processes(processes, http_server):
     assert result.returncode == 0, result.stderr
     assert result.stdout == deterministic_bytes(SMALL)
 
-    table = entry.cli("vpn", "status")
+    table = entry.cli("vpn", "status", check=False)
     assert table.returncode == 0, table.stderr
     assert "SOCKS5 proxy" in table.stdout and proxy in table.stdout and "exits" in table.stdout
-    listed = exit.cli("vpn", "status", "--json")
+    listed = exit.cli("vpn", "status", "--json", check=False)
     assert listed.returncode == 0, listed.stderr
     at_exit = json.loads(listed.stdout)
     assert at_exit["exit"]["policy"][0] == "allow 127.0.0.1/32:*"
@@ -125,5 +60,5 @@ def test_entry_and_exit_processes(processes, http_server):
 
     assert entry.stop() == 0
     assert exit.stop() == 0
-    stopped = entry.cli("vpn", "status")
+    stopped = entry.cli("vpn", "status", check=False)
     assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
