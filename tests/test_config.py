@@ -389,7 +389,7 @@ def test_to_dict_and_dump_toml_roundtrip(tmp_path: Path) -> None:
         plugin_schemas=SCHEMAS,
     )
     data = original.to_dict()
-    assert set(data) == {"node", "network", "api", "plugins"}
+    assert set(data) == {"node", "network", "dht", "api", "plugins"}
     assert data["plugins"] == {
         "enable": ["hello"],
         "hello": {"greeting": "hi", "repeat": 1, "tags": ["x", "y"]},
@@ -420,3 +420,12 @@ def test_unset_optional_plugin_settings_dump_and_load_back(tmp_path: Path) -> No
     assert "allow" not in text
     path = write(tmp_path, text)
     assert load(path, plugin_schemas=schemas).plugin_settings("exit") == ExitConfig()
+
+
+def test_dht_settings_are_validated_with_the_key_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"dht\.beta: unknown key"):
+        load(write(tmp_path, "[dht]\nbeta = 2\n", "typo.toml"))
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, "[dht]\nk = 1\nput_quorum = -1\n"))
+    assert "dht.k: must be >= 2: 1" in str(caught.value)
+    assert load(write(tmp_path, "[dht]\ndisjoint_paths = 3\n", "ok.toml")).dht.disjoint_paths == 3

@@ -138,6 +138,23 @@ class NetworkSection:
 
 
 @attrs.frozen
+class DhtSection:
+    """``[dht]``: Kademlia parameters (seed 003 section 2.1) and the put quorum."""
+
+    #: Bucket size and replication factor.
+    k: int = attrs.field(default=20, validator=[v.ge(2), v.le(64)])
+    #: Parallel RPCs of a lookup.
+    alpha: int = attrs.field(default=3, validator=[v.ge(1), v.le(16)])
+    #: S/Kademlia disjoint lookup paths (1 = plain Kademlia; more resists adversarial nodes).
+    disjoint_paths: int = attrs.field(default=1, validator=[v.ge(1), v.le(8)])
+    #: Seconds a lookup waits for one peer before counting it as failed.
+    rpc_timeout: float = attrs.field(default=5.0, validator=[_seconds, v.le(120)])
+    #: A put returns once this many of the k closest nodes stored the record durably (the other
+    #: STOREs go on in the background); 0 waits for all k.
+    put_quorum: int = attrs.field(default=3, validator=[v.ge(0), v.le(64)])
+
+
+@attrs.frozen
 class ApiSection:
     """``[api]``: the node's local HTTP API."""
 
@@ -170,6 +187,7 @@ class Config:
 
     node: NodeSection = attrs.Factory(NodeSection)
     network: NetworkSection = attrs.Factory(NetworkSection)
+    dht: DhtSection = attrs.Factory(DhtSection)
     api: ApiSection = attrs.Factory(ApiSection)
     plugins: PluginsSection = attrs.Factory(PluginsSection)
     #: The file this config was read from, if any.
@@ -542,6 +560,7 @@ def build_config(
     return Config(
         node=kernel.node,
         network=kernel.network,
+        dht=kernel.dht,
         api=kernel.api,
         plugins=PluginsSection(enable=kernel.plugins.enable, settings=settings),
         path=path,
@@ -558,6 +577,7 @@ class _KernelPlugins:
 class _KernelSections:
     node: NodeSection = attrs.Factory(NodeSection)
     network: NetworkSection = attrs.Factory(NetworkSection)
+    dht: DhtSection = attrs.Factory(DhtSection)
     api: ApiSection = attrs.Factory(ApiSection)
     plugins: _KernelPlugins = attrs.Factory(_KernelPlugins)
 

@@ -182,3 +182,19 @@ async def test_a_find_node_flood_is_rate_limited_and_honest_lookups_go_on(
         assert (await honest.dht.find_node(victim.node_id))[0].node_id == victim.node_id
         await nodes[2].dht.put(b"notes:after-flood", b"note: fine")
         assert await honest.dht.get(b"notes:after-flood")
+
+
+def test_the_dht_section_of_the_config_reaches_the_nodes_dht(tmp_path) -> None:
+    from zeone.identity import Identity
+    from zeone.node import Node
+    from zeone.plugins import Catalog
+    from zeone.testing import make_config
+
+    catalog = Catalog.discover(entry_points=False)
+    settings = {"dht.k": 8, "dht.alpha": 4, "dht.disjoint_paths": 3, "dht.put_quorum": 0}
+    config = make_config(tmp_path, settings=settings, catalog=catalog)
+    node = Node(config, catalog=catalog, identity=Identity.generate())
+    dht = node.dht.config
+    assert (dht.k, dht.alpha, dht.disjoint_paths) == (8, 4, 3)
+    assert dht.put_quorum is None  # 0: wait for every STORE
+    assert node.dht.lookups.config.disjoint_paths == 3

@@ -116,7 +116,13 @@ class DhtService:
             ConnectionDhtRpc(node),
             store=self.store,
             validators=validators,
-            config=DhtConfig(),
+            config=DhtConfig(
+                k=node.config.dht.k,
+                alpha=node.config.dht.alpha,
+                disjoint_paths=node.config.dht.disjoint_paths,
+                rpc_timeout=node.config.dht.rpc_timeout,
+                put_quorum=node.config.dht.put_quorum or None,
+            ),
             client_only=self.client_only,
             table=table,
         )
