@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,11 +107,7 @@ class NodeProcess:
 
     def api(self, path: str, *, timeout: float = 30.0) -> Any:
         """GET ``path`` from the node's API in-process (a CLI call costs a Python start)."""
-        request = urllib.request.Request(
-            self.runtime()["api_url"] + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+        return self.client(timeout).get_json(path)
 
     def client(self, timeout: float = 30.0) -> Any:
         """A `zeone.client.ApiClient` for this node (``get_json``, ``post_json``)."""
