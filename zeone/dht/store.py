@@ -221,20 +221,10 @@ class RecordStore:
         `original` marks a record we published ourselves (the Dht passes it for its own puts).
         """
         now = self.clock() if now is None else now
-        try:
-            self.validators.check(record, now)
-        except InvalidRecord as exc:
-            self._counters["rejected"] += 1
-            return PutOutcome(False, False, exc.reason)
-        now_ms = _ms(now)
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            outcome = self._put_locked(db, record, original, now, now_ms)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        rejected = self._check(record, now)
+        if rejected is not None:
+            return rejected
+        (outcome,) = self._commit(self._connect(), [_PendingWrite(record, original, now)])
         self._count(outcome)
         return outcome
 
@@ -251,11 +241,9 @@ class RecordStore:
         if self.path is None or not self.durable or _virtual_clock():
             return self.put_detailed(record, original=original)
         now = self.clock()
-        try:
-            self.validators.check(record, now)
-        except InvalidRecord as exc:
-            self._counters["rejected"] += 1
-            return PutOutcome(False, False, exc.reason)
+        rejected = self._check(record, now)
+        if rejected is not None:
+            return rejected
         write = _PendingWrite(record, original, now)
         self._queue.append(write)
         async with self._write_lock:
@@ -288,17 +276,28 @@ class RecordStore:
 
     def _write_batch(self, batch: Sequence[_PendingWrite]) -> list[PutOutcome]:
         """One transaction, one commit for every write of `batch` (in a worker thread)."""
-        db = self._writer()
+        return self._commit(self._writer(), batch)
+
+    def _commit(self, db: sqlite3.Connection, writes: Sequence[_PendingWrite]) -> list[PutOutcome]:
         db.execute("BEGIN IMMEDIATE")
         try:
             outcomes = [
-                self._put_locked(db, w.record, w.original, w.now, _ms(w.now)) for w in batch
+                self._put_locked(db, w.record, w.original, w.now, _ms(w.now)) for w in writes
             ]
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         return outcomes
+
+    def _check(self, record: Record, now: float) -> PutOutcome | None:
+        """The rejection for a record the validators refuse, before any database work."""
+        try:
+            self.validators.check(record, now)
+        except InvalidRecord as exc:
+            self._counters["rejected"] += 1
+            return PutOutcome(False, False, exc.reason)
+        return None
 
     def _count(self, outcome: PutOutcome) -> None:
         if outcome.changed:
